@@ -1,0 +1,83 @@
+"""Shared test helpers: paths, running Snakemake in a scratch folder, real data from ../shared."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
+SHARED = REPO.parent / "shared"
+
+# Tests run on the CPU even where a GPU is present, so numbers compare across machines.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def load_tiny_config() -> dict:
+    return yaml.safe_load(TINY_CONFIG.read_text())
+
+
+def write_config(workdir: Path, config: dict) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the workflow with `workdir` as working directory (its config.yaml is the config)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
+           "--cores", "2", "--nolock", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Job counts per rule that a dry run would execute ({} when nothing is to be done)."""
+    proc = run_snakemake(workdir, "--dry-run", *args)
+    out = proc.stdout + proc.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        if m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"real test data not found: {SHARED} is absent (it sits beside the repository on CI)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One full run of the pipeline on the tiny config, shared by the end-to-end tests."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    write_config(workdir, load_tiny_config())
+    run_snakemake(workdir)
+    return workdir
+
+
+@pytest.fixture
+def copy_of_run(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run (timestamps and Snakemake metadata kept) to modify."""
+    dest = tmp_path / "run"
+    shutil.copytree(tiny_run, dest, symlinks=True)
+    return dest

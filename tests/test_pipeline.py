@@ -1,0 +1,82 @@
+"""End to end: the whole pipeline on the tiny config, its outputs, and incremental reruns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from conftest import load_tiny_config, planned_jobs, run_snakemake, write_config
+
+pytestmark = pytest.mark.slow
+DS = "tiny"
+
+
+def test_outputs_and_contracts(tiny_run):
+    res = tiny_run / "results" / DS
+    items = pd.read_csv(res / "items.csv")
+    assert {"item_id", "image", "group", "label", "split", "x", "y"} <= set(items.columns)
+    ann = pd.read_csv(tiny_run / "resources" / "datasets" / DS / "annotations.csv")
+    rejected = pd.read_csv(res / "rejected.csv")
+    assert len(items) == len(ann) and rejected.empty  # every annotation is an item
+
+    # Groups (source images) never straddle splits; every class is in every split.
+    assert (items.groupby("group")["split"].nunique() == 1).all()
+    assert (items.groupby(["label", "split"]).size().unstack().min() > 0).all()
+
+    # Balanced dataset: counts per class equal the target (the largest class's train count).
+    manifest = pd.read_csv(res / "balanced" / "manifest.csv")
+    train_counts = items[items["split"] == "train"]["label"].value_counts()
+    per_class = manifest.groupby("label").size()
+    assert (per_class == train_counts.max()).all(), per_class
+    real = manifest[manifest["origin"] == "real"]
+    assert real.groupby("label").size().sort_index().equals(train_counts.sort_index())
+    assert set(real["item_id"]) <= set(items.loc[items["split"] == "train", "item_id"])  # train only
+    syn = manifest[manifest["origin"] == "synthetic"]
+    assert len(syn) == train_counts.max() * train_counts.size - train_counts.sum()
+    assert syn["seed"].notna().all() and syn["checkpoint"].notna().all()
+    tile = tifffile.imread(res / "balanced" / syn["path"].iloc[0])
+    assert tile.shape == (16, 16, 2) and tile.dtype == np.float32 and 0 <= tile.min() <= tile.max() <= 1
+
+    # GAN log, classifier metrics, summary and figures.
+    gan_log = pd.read_csv(res / "gan" / "train_log.csv")
+    assert gan_log["step"].iloc[-1] == 40 and np.isfinite(gan_log[["d_loss", "g_loss"]].to_numpy()).all()
+    for arm in ("real", "real+gan"):
+        m = json.loads((res / "classify" / arm / "seed-0.json").read_text())
+        assert m["split"] == "test" and m["n"] == (items["split"] == "test").sum()
+        assert 0 <= m["balanced_accuracy"] <= 1 and set(m["per_class"]) == set(items["label"])
+    summary = pd.read_csv(res / "summary.csv")
+    assert sorted(summary["arm"]) == ["real", "real+gan"]
+    for png in ("report/recall_by_arm.png", "report/real_vs_synthetic.png", "report/gan_losses.png", "gan/samples.png"):
+        assert (res / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_second_run_does_nothing(tiny_run):
+    assert planned_jobs(tiny_run) == {}
+
+
+def test_classifier_change_reruns_only_classify_and_report(copy_of_run):
+    config = load_tiny_config()
+    config["classifier"]["lr"] = 0.002
+    write_config(copy_of_run, config)
+    assert planned_jobs(copy_of_run) == {"classify": 2, "report": 1, "all": 1}
+
+
+def test_gan_change_reruns_gan_dependants_only(copy_of_run):
+    config = load_tiny_config()
+    config["gan"]["steps"] = 30
+    write_config(copy_of_run, config)
+    jobs = planned_jobs(copy_of_run)
+    # train_gan, one generate per class, balance, the real+gan arm (not the real arm), report.
+    assert jobs == {"train_gan": 1, "generate": 4, "balance": 1, "classify": 1, "report": 1, "all": 1}
+    out = run_snakemake(copy_of_run, "--dry-run").stdout
+    assert "classify/real+gan/seed-0.json" in out and "classify/real/seed-0.json" not in out
+
+
+def test_html_report(copy_of_run):
+    run_snakemake(copy_of_run, "--report", "report.html")
+    html = (copy_of_run / "report.html").read_text(errors="replace")
+    assert len(html) > 10_000 and "recall_by_arm.png" in html

@@ -1,0 +1,67 @@
+"""Grouped, stratified, seeded splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bioaug.runtime import BioaugError
+from bioaug.split import assign_splits, check_group_integrity
+
+FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+def make_items(n_groups=60, per_group=8, seed=0, rare_groups=10):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        for k in range(per_group):
+            label = "rare" if g < rare_groups and k == 0 else rng.choice(["a", "b"], p=[0.8, 0.2])
+            rows.append({"item_id": f"{g}-{k}", "group": f"img{g:03d}", "label": label})
+    return pd.DataFrame(rows)
+
+
+def test_groups_never_cross_splits_and_every_class_is_everywhere():
+    out = assign_splits(make_items(), FRACTIONS, seed=0)
+    check_group_integrity(out)
+    assert (out.groupby("group")["split"].nunique() == 1).all()
+    counts = out.groupby(["label", "split"]).size().unstack()
+    assert (counts > 0).all().all()
+    realised = out["split"].value_counts(normalize=True)
+    for split, frac in FRACTIONS.items():
+        assert abs(realised[split] - frac) < 0.08, realised
+
+
+def test_split_is_stratified():
+    out = assign_splits(make_items(n_groups=100, rare_groups=20), FRACTIONS, seed=1)
+    share = out.groupby("split")["label"].value_counts(normalize=True).unstack()
+    # the rare class has a similar share in each split
+    assert share["rare"].max() - share["rare"].min() < 0.03
+
+
+def test_split_is_deterministic_and_seeded():
+    items = make_items()
+    a = assign_splits(items, FRACTIONS, seed=0)
+    b = assign_splits(items, FRACTIONS, seed=0)
+    c = assign_splits(items, FRACTIONS, seed=5)
+    assert a["split"].tolist() == b["split"].tolist()
+    assert a["split"].tolist() != c["split"].tolist()
+
+
+def test_class_missing_from_a_split_is_an_error_naming_class_and_split():
+    items = make_items(rare_groups=1)  # the rare class lives in one image only
+    with pytest.raises(BioaugError, match=r"class 'rare' has no items in the (train|val|test) split"):
+        assign_splits(items, FRACTIONS, seed=0)
+
+
+def test_too_few_groups():
+    items = make_items(n_groups=2)
+    with pytest.raises(BioaugError, match="need at least 3"):
+        assign_splits(items, FRACTIONS, seed=0)
+
+
+def test_check_group_integrity_detects_crossing():
+    bad = pd.DataFrame({"group": ["g1", "g1"], "split": ["train", "test"]})
+    with pytest.raises(BioaugError, match="g1"):
+        check_group_integrity(bad)

@@ -1,0 +1,92 @@
+"""Reading images, normalisation, object-centred crops and the shard format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from bioaug.images import image_shape, read_image
+from bioaug.runtime import BioaugError
+from bioaug.tilestore import class_names, load_tiles, shard_files, write_shard
+from bioaug.tiling import centred_crops, n_shards, normalise, shard_images, tile_images
+
+
+def test_read_tiff_layouts(tmp_path):
+    cyx = np.arange(2 * 6 * 5, dtype=np.uint16).reshape(2, 6, 5)
+    tifffile.imwrite(tmp_path / "cyx.tif", cyx, photometric="minisblack", metadata={"axes": "CYX"})
+    out = read_image(tmp_path / "cyx.tif")
+    assert out.shape == (6, 5, 2) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[..., 1], cyx[1])
+    assert image_shape(tmp_path / "cyx.tif") == (6, 5, 2)
+    assert read_image(tmp_path / "cyx.tif", channels=[1]).shape == (6, 5, 1)
+
+    tifffile.imwrite(tmp_path / "yx.tif", cyx[0])
+    assert read_image(tmp_path / "yx.tif").shape == (6, 5, 1)
+
+    Image.fromarray(np.full((4, 7, 3), 9, np.uint8)).save(tmp_path / "rgb.png")
+    assert read_image(tmp_path / "rgb.png").shape == (4, 7, 3)
+    assert image_shape(tmp_path / "rgb.png") == (4, 7, 3)
+
+
+def test_read_errors_name_the_file(tmp_path):
+    with pytest.raises(BioaugError, match="missing.tif: image file not found"):
+        read_image(tmp_path / "missing.tif")
+    (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")
+    with pytest.raises(BioaugError, match="junk.tif: not a readable image"):
+        read_image(tmp_path / "junk.tif")
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((3, 3), np.uint8))
+    with pytest.raises(BioaugError, match=r"one.tif: has 1 channel\(s\), tiles.channels asks for \[2\]"):
+        read_image(tmp_path / "one.tif", channels=[2])
+    tifffile.imwrite(tmp_path / "nan.tif", np.full((3, 3), np.nan, np.float32))
+    with pytest.raises(BioaugError, match="nan.tif: contains NaN"):
+        read_image(tmp_path / "nan.tif")
+
+
+def test_normalise_maps_percentiles_per_channel():
+    rng = np.random.default_rng(0)
+    img = np.stack([rng.uniform(100, 200, (50, 50)), rng.uniform(1000, 5000, (50, 50))], -1).astype(np.float32)
+    out, low, high = normalise(img, 1.0, 99.0)
+    assert out.min() == 0.0 and out.max() == 1.0 and out.dtype == np.float32
+    np.testing.assert_allclose(low, np.percentile(img.reshape(-1, 2), 1.0, axis=0), rtol=1e-6)
+    # about 1% of pixels saturate at each end, per channel
+    for c in range(2):
+        assert 0.005 < (out[..., c] == 1.0).mean() < 0.02
+    flat, *_ = normalise(np.full((4, 4, 1), 7.0, np.float32), 1, 99)  # constant image: no division by 0
+    assert np.isfinite(flat).all()
+
+
+def test_centred_crops_are_centred_and_reflect_padded():
+    img = np.arange(20 * 30, dtype=np.float32).reshape(20, 30, 1)
+    crops = centred_crops(img, np.array([10.0, 0.0]), np.array([5.0, 19.0]), 8)
+    assert crops.shape == (2, 8, 8, 1)
+    assert crops[0, 4, 4, 0] == img[5, 10, 0]  # centre pixel at (size//2, size//2)
+    np.testing.assert_array_equal(crops[0], img[1:9, 6:14])
+    assert crops[1, 4, 4, 0] == img[19, 0, 0]
+    assert crops[1, 4, 3, 0] == img[19, 1, 0]  # reflected across the left border
+
+
+def test_shards_and_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        tifffile.imwrite(tmp_path / f"f{i}.tif", rng.integers(0, 4000, (2, 40, 40), dtype=np.uint16),
+                         photometric="minisblack", metadata={"axes": "CYX"})
+    index = pd.DataFrame({"item_id": [f"it{i}" for i in range(10)], "image": [f"f{i // 2}.tif" for i in range(10)],
+                          "group": 0, "label": ["a", "b"] * 5, "x": 20.0, "y": 20.0})
+    assert n_shards(index, 2) == 3 and shard_images(index, 2, 2) == ["f4.tif"]
+    cfg = {"size": 16, "channels": None, "percentiles": [1, 99]}
+    tiles, meta, norm = tile_images(tmp_path, index, shard_images(index, 2, 0), cfg)
+    assert tiles.shape == (4, 16, 16, 2) and meta["item_id"].tolist() == ["it0", "it1", "it2", "it3"]
+    assert len(norm) == 4 and (norm["high"] > norm["low"]).all()
+
+    write_shard(tmp_path / "shard-00000.npy", tiles, meta, norm)
+    assert all(p.exists() for p in shard_files(tmp_path / "shard-00000.npy"))
+    items = index.iloc[:4].assign(split=["train", "test", "train", "val"])
+    x, y, rows = load_tiles([tmp_path / "shard-00000.npy"], items, splits=("train",))
+    assert rows["item_id"].tolist() == ["it0", "it2"] and y.tolist() == [0, 0]
+    np.testing.assert_array_equal(x, tiles[[0, 2]])
+    assert class_names(items) == ["a", "b"]
+    with pytest.raises(BioaugError, match="no tiles"):
+        load_tiles([tmp_path / "shard-00000.npy"], items.assign(split="val").iloc[:0], splits=("val",))

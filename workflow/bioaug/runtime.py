@@ -1,0 +1,100 @@
+"""What every stage shares: logging, progress, atomic writes and JAX set-up."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("bioaug")
+
+
+class BioaugError(Exception):
+    """An error in the user's input or configuration, with a message that names the culprit."""
+
+
+def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr and, when given, to the rule's log file (which is what survives on a cluster)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="a"))
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    # absl/orbax are chatty at INFO; keep the log about our own progress.
+    for noisy in ("absl", "orbax", "jax._src"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def progress(iterable=None, *, total: int | None = None, desc: str = ""):
+    """A tqdm bar on a terminal; silent otherwise (stages log their own progress lines)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary sibling path; move it onto `path` only if the block succeeds.
+
+    Works for files and directories, so a killed job never leaves something that looks
+    complete to Snakemake or to the next stage.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def configure_jax(cache_dir: str | os.PathLike | None = None) -> None:
+    """Enable JAX's persistent compilation cache so later jobs skip most compile time.
+
+    JAX picks the device itself (GPU/TPU when present, else CPU); nothing here assumes one.
+    """
+    import jax
+
+    if cache_dir:
+        cache_dir = Path(cache_dir).resolve()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+JAX_CACHE_DIR = Path("results/.jax-cache")
+
+
+@contextlib.contextmanager
+def stage(smk, *, uses_jax: bool = False):
+    """Run a Snakemake `script:` body: log to the rule's log, turn our errors into clean exits.
+
+    A BioaugError (bad input or config) is logged as one readable line naming the problem
+    and the job fails with exit status 1; anything else is logged with its traceback.
+    """
+    setup_logging(smk.log[0] if smk.log else None)
+    name = getattr(smk, "rule", "stage")
+    log.info("rule %s, wildcards %s", name, dict(smk.wildcards.items()))
+    if uses_jax:
+        configure_jax(JAX_CACHE_DIR)
+    try:
+        yield
+    except BioaugError as err:
+        log.error("%s failed: %s", name, err)
+        sys.exit(1)
+    except Exception:
+        log.exception("%s failed", name)
+        raise

@@ -1,0 +1,78 @@
+"""Grouped, class-stratified, seeded train/val/test split.
+
+Whole groups (source image, or the annotation's `group` column: patient, well) go to one
+split, so no image's cells are in two splits. scikit-learn's StratifiedGroupKFold does the
+stratification in two rounds: first the test split (k = round(1/test)), then val from the
+rest (k = round((1-test)/val)). Realised fractions are therefore close to, not exactly,
+the configured ones; the log prints them.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from .runtime import BioaugError
+
+log = logging.getLogger("bioaug.split")
+SPLITS = ("train", "val", "test")
+
+
+def assign_splits(items: pd.DataFrame, fractions: dict, seed: int) -> pd.DataFrame:
+    """Return a copy of `items` with a `split` column; every class must reach every split."""
+    out = items.copy()
+    groups = out["group"].astype(str).to_numpy()
+    labels = out["label"].to_numpy()
+    n_groups = len(np.unique(groups))
+    if n_groups < 3:
+        raise BioaugError(f"only {n_groups} group(s) (source images): need at least 3 for train/val/test")
+
+    split = np.full(len(out), "train", dtype=object)
+    test_idx = _one_fold(labels, groups, fractions["test"], seed)
+    split[test_idx] = "test"
+    rest = np.flatnonzero(split == "train")
+    val_share = fractions["val"] / (1.0 - fractions["test"])
+    val_idx = rest[_one_fold(labels[rest], groups[rest], val_share, seed + 1)]
+    split[val_idx] = "val"
+    out["split"] = split
+
+    _check_every_class_everywhere(out)
+    realised = out["split"].value_counts(normalize=True).reindex(SPLITS).round(3).to_dict()
+    log.info("split %d items (%d groups): fractions %s", len(out), n_groups, realised)
+    return out
+
+
+def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of one stratified group fold holding about `fraction` of the items."""
+    n_groups = len(np.unique(groups))
+    k = int(min(max(2, round(1.0 / fraction)), n_groups))
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # "least populated class has fewer members than n_splits": we check the outcome below.
+        warnings.simplefilter("ignore", UserWarning)
+        _, fold = next(cv.split(np.zeros(len(labels)), labels, groups))
+    return fold
+
+
+def _check_every_class_everywhere(items: pd.DataFrame) -> None:
+    counts = items.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=SPLITS, fill_value=0)
+    for label, row in counts.iterrows():
+        for split in SPLITS:
+            if row[split] == 0:
+                n_groups = items.loc[items["label"] == label, "group"].nunique()
+                raise BioaugError(
+                    f"class {label!r} has no items in the {split} split ({int(row.sum())} items in "
+                    f"{n_groups} groups in total); add data for it or change split.fractions / split.seed"
+                )
+
+
+def check_group_integrity(items: pd.DataFrame) -> None:
+    """Raise if any group appears in more than one split (used by tests and downstream checks)."""
+    per_group = items.groupby("group")["split"].nunique()
+    crossing = per_group[per_group > 1]
+    if len(crossing):
+        raise BioaugError(f"groups in more than one split: {list(crossing.index[:5])}")

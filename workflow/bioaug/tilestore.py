@@ -1,0 +1,69 @@
+"""The tile shard format that every stage after tiling reads.
+
+A shard is three files with one prefix:
+  {prefix}.npy        float32 (N, H, W, C) tiles, values in [0, 1] (memory-mappable, so
+                      training can stream rows without loading the shard)
+  {prefix}.csv        one row per tile: item_id, label, image
+  {prefix}.norm.csv   per-image, per-channel normalisation statistics (image, channel, low, high)
+The split is not stored here: it comes from items.csv, so changing the split does not
+re-tile anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .runtime import BioaugError, atomic_path
+
+
+def shard_files(npy_path: str | Path) -> tuple[Path, Path, Path]:
+    npy_path = Path(npy_path)
+    stem = npy_path.with_suffix("")
+    return npy_path, stem.with_suffix(".csv"), Path(f"{stem}.norm.csv")
+
+
+def write_shard(npy_path, tiles: np.ndarray, meta: pd.DataFrame, norm: pd.DataFrame) -> None:
+    npy, csv, norm_csv = shard_files(npy_path)
+    if len(tiles) != len(meta):
+        raise ValueError(f"{npy}: {len(tiles)} tiles but {len(meta)} metadata rows")
+    # Metadata first, tiles last: the .npy is the declared output Snakemake checks.
+    with atomic_path(norm_csv) as tmp:
+        norm.to_csv(tmp, index=False)
+    with atomic_path(csv) as tmp:
+        meta.to_csv(tmp, index=False)
+    with atomic_path(npy) as tmp:
+        np.save(tmp, tiles.astype(np.float32, copy=False))
+
+
+def load_tiles(shard_npys, items: pd.DataFrame, splits=("train",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Tiles of the given splits from all shards, as (x, y, rows) with y the class index.
+
+    `items` is items.csv; class indices follow `class_names(items)`.
+    """
+    names = class_names(items)
+    index = {n: i for i, n in enumerate(names)}
+    wanted = items.loc[items["split"].isin(splits), ["item_id", "split"]]
+    xs, rows = [], []
+    for npy in shard_npys:
+        npy, csv, _ = shard_files(npy)
+        meta = pd.read_csv(csv)
+        meta["row"] = np.arange(len(meta))
+        sel = meta.merge(wanted, on="item_id", how="inner")
+        if len(sel):
+            arr = np.load(npy, mmap_mode="r")
+            xs.append(np.asarray(arr[np.sort(sel["row"].to_numpy())]))
+            rows.append(sel.sort_values("row"))
+    if not rows:
+        raise BioaugError(f"no tiles found for split(s) {list(splits)}")
+    table = pd.concat(rows, ignore_index=True)
+    x = np.concatenate(xs)
+    y = table["label"].map(index).to_numpy(np.int32)
+    return x, y, table.drop(columns="row")
+
+
+def class_names(items: pd.DataFrame) -> list[str]:
+    """The class order used everywhere: sorted labels."""
+    return sorted(items["label"].astype(str).unique())

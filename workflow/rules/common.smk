@@ -1,0 +1,84 @@
+"""Helpers shared by every rule: config sections, checkpoint-driven input functions."""
+
+import pandas as pd
+
+from bioaug.config import check_config, dataset_section, safe_name
+
+check_config(config)
+
+DATASETS = list(config["datasets"])
+ARM_PATTERN = "real|real\\+gan"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    arm=ARM_PATTERN,
+    seed=r"\d+",
+    shard=r"\d+",
+
+
+def section(name):
+    """params: the `name` config section of the rule's dataset (with its overrides)."""
+    return lambda wildcards: dataset_section(config, wildcards.dataset, name)
+
+
+def source_params(wildcards):
+    """What the download depends on: where the data comes from (not how it is read)."""
+    dcfg = config["datasets"][wildcards.dataset]
+    return {k: dcfg[k] for k in ("source", "sha256", "builtin") if k in dcfg}
+
+
+def classifier_params(wildcards):
+    """The classifier settings one (arm, seed) job depends on; the arm/seed lists are not."""
+    cfg = dataset_section(config, wildcards.dataset, "classifier")
+    return {k: v for k, v in cfg.items() if k not in ("arms", "seeds")}
+
+
+def index_table(dataset):
+    """index.csv, once the index checkpoint has run (input functions re-evaluate then)."""
+    path = checkpoints.index.get(dataset=dataset).output.index
+    return pd.read_csv(path)
+
+
+def shard_npys(wildcards):
+    from bioaug.tiling import n_shards
+
+    size = dataset_section(config, wildcards.dataset, "tiles")["shard_size"]
+    n = n_shards(index_table(wildcards.dataset), size)
+    return [f"results/{wildcards.dataset}/tiles/shard-{k:05d}.npy" for k in range(n)]
+
+
+def class_slugs(dataset):
+    return sorted({safe_name(label) for label in index_table(dataset)["label"].astype(str)})
+
+
+def synthetic_npys(wildcards):
+    return [f"results/{wildcards.dataset}/synthetic/{c}.npy" for c in class_slugs(wildcards.dataset)]
+
+
+def classify_inputs(wildcards):
+    inputs = {"items_csv": f"results/{wildcards.dataset}/items.csv", "shards": shard_npys(wildcards)}
+    if "gan" in wildcards.arm:
+        inputs["balanced"] = f"results/{wildcards.dataset}/balanced"
+    return inputs
+
+
+def classify_jsons(wildcards):
+    cfg = dataset_section(config, wildcards.dataset, "classifier")
+    return [
+        f"results/{wildcards.dataset}/classify/{arm}/seed-{seed}.json"
+        for arm in cfg["arms"]
+        for seed in cfg["seeds"]
+    ]
+
+
+def all_outputs():
+    return [
+        out
+        for ds in DATASETS
+        for out in (
+            f"results/{ds}/balanced",
+            f"results/{ds}/summary.csv",
+            f"results/{ds}/report/recall_by_arm.png",
+        )
+    ]

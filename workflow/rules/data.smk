@@ -1,0 +1,62 @@
+"""download -> index -> split -> tile: from raw data to tile shards."""
+
+
+rule download:
+    output:
+        directory("resources/datasets/{dataset}"),
+    params:
+        source=source_params,
+    log:
+        "logs/{dataset}/download.log",
+    conda:
+        "../../envs/bioaug.yaml"
+    script:
+        "../scripts/download.py"
+
+
+checkpoint index:
+    input:
+        "resources/datasets/{dataset}",
+    output:
+        index="results/{dataset}/index.csv",
+        rejected="results/{dataset}/rejected.csv",
+    params:
+        format=lambda w: config["datasets"][w.dataset]["format"],
+        annotations=lambda w: config["datasets"][w.dataset]["annotations"],
+    log:
+        "logs/{dataset}/index.log",
+    conda:
+        "../../envs/bioaug.yaml"
+    script:
+        "../scripts/index.py"
+
+
+rule split:
+    input:
+        "results/{dataset}/index.csv",
+    output:
+        "results/{dataset}/items.csv",
+    params:
+        split=section("split"),
+    log:
+        "logs/{dataset}/split.log",
+    conda:
+        "../../envs/bioaug.yaml"
+    script:
+        "../scripts/split.py"
+
+
+rule tile:
+    input:
+        data="resources/datasets/{dataset}",
+        index="results/{dataset}/index.csv",
+    output:
+        "results/{dataset}/tiles/shard-{shard}.npy",
+    params:
+        tiles=section("tiles"),
+    log:
+        "logs/{dataset}/tile-{shard}.log",
+    conda:
+        "../../envs/bioaug.yaml"
+    script:
+        "../scripts/tile.py"

@@ -1,0 +1,60 @@
+"""train_gan -> generate (one job per class) -> balance."""
+
+
+rule train_gan:
+    input:
+        items_csv="results/{dataset}/items.csv",
+        shards=shard_npys,
+    output:
+        generator=directory("results/{dataset}/gan/generator"),
+        log_csv="results/{dataset}/gan/train_log.csv",
+        samples=report(
+            "results/{dataset}/gan/samples.png",
+            caption="../report/gan_samples.rst",
+            category="GAN",
+            labels={"dataset": "{dataset}", "figure": "EMA generator samples"},
+        ),
+    params:
+        gan=section("gan"),
+        # Checkpoints live outside the declared outputs, so Snakemake does not delete a
+        # failed or killed job's progress; the next attempt resumes from them.
+        checkpoint_root="results/{dataset}/gan/checkpoints",
+    threads: workflow.cores
+    log:
+        "logs/{dataset}/train_gan.log",
+    conda:
+        "../../envs/bioaug.yaml"
+    script:
+        "../scripts/train_gan.py"
+
+
+rule generate:
+    input:
+        generator="results/{dataset}/gan/generator",
+        items_csv="results/{dataset}/items.csv",
+    output:
+        "results/{dataset}/synthetic/{cls}.npy",
+    params:
+        balance=section("balance"),
+        generate=section("generate"),
+    log:
+        "logs/{dataset}/generate-{cls}.log",
+    conda:
+        "../../envs/bioaug.yaml"
+    script:
+        "../scripts/generate.py"
+
+
+rule balance:
+    input:
+        items_csv="results/{dataset}/items.csv",
+        shards=shard_npys,
+        synthetic=synthetic_npys,
+    output:
+        directory("results/{dataset}/balanced"),
+    log:
+        "logs/{dataset}/balance.log",
+    conda:
+        "../../envs/bioaug.yaml"
+    script:
+        "../scripts/balance.py"

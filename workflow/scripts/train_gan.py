@@ -1,0 +1,21 @@
+"""Snakemake adapter: train_gan stage (logic in bioaug.gan)."""
+
+import pandas as pd
+
+from bioaug.gan import train_gan
+from bioaug.checkpoints import checkpoint_dir_for
+from bioaug.runtime import stage
+from bioaug.tilestore import class_names, load_tiles
+
+with stage(snakemake, uses_jax=True):
+    items = pd.read_csv(snakemake.input.items_csv)
+    # Train split only: the GAN never sees validation or test tiles.
+    x, y, rows = load_tiles(snakemake.input.shards, items, splits=("train",))
+    ckpt = checkpoint_dir_for(snakemake.params.checkpoint_root, snakemake.params.gan, rows["item_id"])
+    train_gan(
+        x, y, class_names(items), snakemake.params.gan,
+        checkpoint_dir=ckpt,
+        generator_dir=snakemake.output.generator,
+        log_csv=snakemake.output.log_csv,
+        samples_png=snakemake.output.samples,
+    )
