@@ -73,7 +73,8 @@ def test_gan_change_reruns_gan_dependants_only(copy_of_run):
     # train_gan, one generate per class, balance, the real+gan arm (not the real arm), report.
     assert jobs == {"train_gan": 1, "generate": 4, "balance": 1, "classify": 1, "report": 1, "all": 1}
     out = run_snakemake(copy_of_run, "--dry-run").stdout
-    assert "classify/real+gan/seed-0.json" in out and "classify/real/seed-0.json" not in out
+    assert "output: results/tiny/classify/real+gan/seed-0.json" in out
+    assert "output: results/tiny/classify/real/seed-0.json" not in out
 
 
 def test_html_report(copy_of_run):

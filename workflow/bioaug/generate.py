@@ -37,9 +37,9 @@ def class_targets(items: pd.DataFrame, balance_cfg: dict) -> pd.DataFrame:
 
 
 def tile_seeds(seed: int, class_index: int, n: int) -> np.ndarray:
-    """Independent 32-bit seeds, one per synthetic tile, stable for (seed, class, index)."""
+    """Independent 31-bit seeds (JAX keys take int32), one per tile, stable for (seed, class, index)."""
     return np.array(
-        [np.random.SeedSequence([seed, class_index, i]).generate_state(1)[0] for i in range(n)], dtype=np.uint32
+        [np.random.SeedSequence([seed, class_index, i]).generate_state(1)[0] >> 1 for i in range(n)], dtype=np.int64
     )
 
 

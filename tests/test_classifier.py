@@ -1,0 +1,204 @@
+"""bioaug.classifier: SmallCNN and the seeded, validation-selected training loop.
+
+A tiny synthetic 3-class problem (16x16x2 tiles) keeps the whole file fast on a CPU.
+The classes are invariant to flips, 90-degree rotations and intensity jitter, so the
+"classic augmentation" arm can learn them too:
+  0: bright 8x8 centre square in channel 0
+  1: bright 8x8 centre square in channel 1
+  2: bright 2-pixel border ring in both channels
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bioaug.classifier import SmallCNN, TrainedClassifier, train_classifier
+from bioaug.classifier.train import balanced_sampling_probs, class_loss_weights
+from bioaug.metrics import classification_metrics
+
+NAMES = ["centre0", "centre1", "ring"]
+CFG = {"epochs": 4, "batch_size": 32, "lr": 3e-3, "channels": [8, 16], "unknown_key": "ignored"}
+
+
+def make_tiles(n: int, rng: np.random.Generator, class_p=None):
+    y = rng.choice(3, size=n, p=class_p)
+    x = rng.uniform(0.0, 0.35, (n, 16, 16, 2)).astype(np.float32)
+    for i, c in enumerate(y):
+        if c < 2:
+            x[i, 4:12, 4:12, c] += 0.5
+        else:
+            x[i, :2] += 0.5
+            x[i, -2:] += 0.5
+            x[i, 2:-2, :2] += 0.5
+            x[i, 2:-2, -2:] += 0.5
+    return np.clip(x, 0.0, 1.0), y.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(123)
+    tx, ty = make_tiles(300, rng)
+    vx, vy = make_tiles(90, rng)
+    return tx, ty, vx, vy
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> TrainedClassifier:
+    tx, ty, vx, vy = data
+    return train_classifier(tx, ty, vx, vy, NAMES, CFG, seed=0)
+
+
+def _check_proba(p, n):
+    assert p.shape == (n, 3) and p.dtype == np.float32
+    assert np.all(np.isfinite(p)) and np.all(p >= 0)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- model
+
+
+def test_small_cnn_shapes_and_modes():
+    model = SmallCNN(2, 5, [4, 8, 8], rngs=nnx.Rngs(0))
+    x = jnp.ones((3, 32, 32, 2))
+    model.eval()
+    assert model(x).shape == (3, 5)
+    np.testing.assert_array_equal(model(x), model(x))  # eval mode is deterministic
+    model.train()
+    assert model.dropout.deterministic is False
+    assert model.blocks[0].bn1.use_running_average is False
+    assert model(x).shape == (3, 5)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def test_learns_and_selects_by_validation(trained, data):
+    _, _, vx, vy = data
+    h = trained.history
+    assert [e["epoch"] for e in h] == [1, 2, 3, 4]
+    assert set(h[0]) == {"epoch", "train_loss", "val_macro_f1", "val_balanced_accuracy", "seconds"}
+    # selection: first argmax of val macro-F1 (ties -> earlier epoch)
+    assert trained.best_epoch == int(np.argmax([e["val_macro_f1"] for e in h])) + 1
+    best = h[trained.best_epoch - 1]
+    assert best["val_balanced_accuracy"] > 0.8
+
+    proba = trained.predict_proba(vx)
+    _check_proba(proba, len(vx))
+    m = classification_metrics(vy, proba.argmax(1), proba, NAMES)
+    # the returned state *is* the selected epoch's model
+    assert m["macro_f1"] == pytest.approx(best["val_macro_f1"])
+    assert m["balanced_accuracy"] == pytest.approx(best["val_balanced_accuracy"])
+    assert m["balanced_accuracy"] > 0.8
+    assert trained.class_names == NAMES
+
+
+def test_predict_proba_batching(trained, data):
+    _, _, vx, _ = data
+    full = trained.predict_proba(vx)
+    np.testing.assert_allclose(trained.predict_proba(vx, batch_size=7), full, atol=1e-5)
+    np.testing.assert_allclose(trained.predict_proba(vx[:5]), full[:5], atol=1e-5)
+    assert trained.predict_proba(vx[:0]).shape == (0, 3)
+    with pytest.raises(ValueError, match="channels"):
+        trained.predict_proba(vx[..., :1])
+
+
+def test_deterministic_per_seed(trained, data):
+    tx, ty, vx, vy = data
+    again = train_classifier(tx, ty, vx, vy, NAMES, CFG, seed=0)
+    assert again.best_epoch == trained.best_epoch
+    np.testing.assert_array_equal(again.predict_proba(vx), trained.predict_proba(vx))
+    other = train_classifier(tx, ty, vx, vy, NAMES, CFG, seed=1)
+    assert not np.array_equal(other.predict_proba(vx), trained.predict_proba(vx))
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"augment": True},
+        {"class_weighted": True},
+        {"balanced_sampling": True},
+        {"augment": True, "class_weighted": True, "balanced_sampling": True},
+    ],
+    ids=["augment", "class_weighted", "balanced_sampling", "all"],
+)
+def test_options_run(data, opts):
+    tx, ty, vx, vy = data
+    rng = np.random.default_rng(7)  # imbalanced train set, so weights/sampling matter
+    tx, ty = make_tiles(200, rng, class_p=[0.75, 0.2, 0.05])
+    model = train_classifier(tx, ty, vx, vy, NAMES, {**CFG, "epochs": 3}, seed=3, **opts)
+    assert len(model.history) == 3 and 1 <= model.best_epoch <= 3
+    _check_proba(model.predict_proba(vx), len(vx))
+
+
+def test_augment_still_learns(data):
+    tx, ty, vx, vy = data
+    model = train_classifier(tx, ty, vx, vy, NAMES, CFG, seed=0, augment=True)
+    assert model.history[model.best_epoch - 1]["val_balanced_accuracy"] > 0.8
+
+
+def test_train_smaller_than_batch_and_logging(data, caplog):
+    tx, ty, vx, vy = data
+    log = logging.getLogger("bioaug.test_classifier")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        model = train_classifier(tx[:10], ty[:10], vx, vy, NAMES, {**CFG, "epochs": 2}, seed=0, log=log)
+    _check_proba(model.predict_proba(vx[:4]), 4)
+    epoch_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epoch_lines) == 2
+    assert "train_loss" in epoch_lines[0] and "val_macro_f1" in epoch_lines[0]
+
+
+def test_class_weights_and_sampling_probs():
+    y = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    w = class_loss_weights(y, 4)  # class 3 absent
+    assert w[y].mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(w[:3] * np.array([6, 3, 1]), w[0] * 6)  # inverse frequency
+    assert w[3] == 0
+    p = balanced_sampling_probs(y, 4)
+    assert p.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(np.bincount(y, weights=p, minlength=3), [1 / 3] * 3)
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("empty_train", "train_x is empty"),
+        ("empty_val", "val_x is empty"),
+        ("label_range", "out of range"),
+        ("len_mismatch", "train_y has"),
+        ("tile_mismatch", "H, W, C must match"),
+        ("not_4d", r"\(N, H, W, C\)"),
+        ("missing_cfg", "missing 'lr'"),
+        ("one_class", "at least 2 class"),
+    ],
+)
+def test_value_errors(data, case, match):
+    tx, ty, vx, vy = data
+    tx, ty, vx, vy = tx[:20], ty[:20], vx[:10], vy[:10]
+    names, cfg = NAMES, CFG
+    if case == "empty_train":
+        tx, ty = tx[:0], ty[:0]
+    elif case == "empty_val":
+        vx, vy = vx[:0], vy[:0]
+    elif case == "label_range":
+        ty = ty.copy()
+        ty[3] = 3
+    elif case == "len_mismatch":
+        ty = ty[:-1]
+    elif case == "tile_mismatch":
+        vx = vx[..., :1]
+    elif case == "not_4d":
+        tx = tx[..., 0]
+    elif case == "missing_cfg":
+        cfg = {k: v for k, v in CFG.items() if k != "lr"}
+    elif case == "one_class":
+        names = ["only"]
+    with pytest.raises(ValueError, match=match):
+        train_classifier(tx, ty, vx, vy, names, cfg, seed=0)

@@ -1,0 +1,77 @@
+"""The downstream classifier: a small VGG-style CNN in Flax NNX.
+
+Each entry of ``channels`` is one block: conv3x3 -> BatchNorm -> ReLU -> conv3x3 ->
+BatchNorm -> ReLU -> 2x2 max-pool. The head is global average pooling -> dropout(0.2)
+-> Linear(n_classes). Inputs are NHWC float tiles in [0, 1]; the output is logits.
+
+Train/eval behaviour follows NNX's usual mechanism: ``model.train()`` makes BatchNorm use
+batch statistics (and update its running averages) and enables dropout; ``model.eval()``
+switches to running averages and disables dropout. These flags are static attributes, so
+they live in the ``GraphDef`` returned by ``nnx.split`` (a train-mode and an eval-mode
+split of the same model have different graphdefs but identically structured states).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DROPOUT_RATE = 0.2
+
+
+class ConvBlock(nnx.Module):
+    """Two conv3x3-BN-ReLU layers followed by a 2x2 max-pool (halves H and W)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
+        # BatchNorm follows each conv, so the conv bias would be redundant.
+        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs)
+        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nnx.relu(self.bn1(self.conv1(x)))
+        x = nnx.relu(self.bn2(self.conv2(x)))
+        return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+
+
+class SmallCNN(nnx.Module):
+    """Small CNN classifier for (N, H, W, C) tiles; returns (N, n_classes) logits.
+
+    Args:
+      in_channels: C of the input tiles.
+      n_classes: number of output logits.
+      channels: output width of each block; H and W must be at least ``2 ** len(channels)``.
+      rngs: ``nnx.Rngs`` used for parameter initialisation (and a default dropout stream).
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, channels: list[int], *, rngs: nnx.Rngs):
+        if in_channels < 1 or n_classes < 1:
+            raise ValueError(f"SmallCNN needs in_channels >= 1 and n_classes >= 1, got {in_channels}, {n_classes}")
+        if not channels:
+            raise ValueError("SmallCNN needs at least one entry in channels")
+        self.in_channels = int(in_channels)
+        self.n_classes = int(n_classes)
+        self.channels = tuple(int(c) for c in channels)
+        blocks = []
+        c_in = self.in_channels
+        for c_out in self.channels:
+            blocks.append(ConvBlock(c_in, c_out, rngs=rngs))
+            c_in = c_out
+        self.blocks = nnx.List(blocks)
+        self.dropout = nnx.Dropout(DROPOUT_RATE, rngs=rngs)
+        self.head = nnx.Linear(c_in, self.n_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
+        """Logits for a batch of NHWC tiles.
+
+        ``dropout_key`` (a JAX key), when given, drives the dropout mask in train mode
+        instead of the module's own RNG stream — the pure/jitted training step uses it so
+        all randomness comes from explicit keys.
+        """
+        for block in self.blocks:
+            x = block(x)
+        x = jnp.mean(x, axis=(1, 2))  # global average pool
+        x = self.dropout(x, rngs=dropout_key)
+        return self.head(x)

@@ -1,0 +1,355 @@
+"""Training loop for the downstream classifier (one arm, one seed).
+
+The training step is a pure function over explicit NNX state (``nnx.split`` /
+``nnx.merge``): a whole epoch runs as one jitted ``lax.scan`` over minibatches, so the
+host only prepares the epoch's index matrix and reads back one loss and one set of
+validation predictions per epoch. All randomness comes from ``jax.random`` keys derived
+from ``seed`` (init, dropout, augmentation) and a ``numpy`` Generator seeded from ``seed``
+(shuffling / balanced sampling), so a run is reproducible on one device.
+
+Model selection uses only the validation split: the returned state is the one with the
+best validation macro-F1 (ties -> earlier epoch). This module never sees test data.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from sklearn.metrics import f1_score, recall_score
+
+from .model import SmallCNN
+
+_LOG = logging.getLogger("bioaug.classifier")
+
+# Adam's moment estimates; the learning rate is applied separately as a traced scalar so
+# the compiled epoch function is shared by every call with the same architecture/shapes.
+_ADAM = optax.scale_by_adam()
+
+JITTER = 0.10  # multiplicative intensity jitter of the classic augmentation (+-10%)
+
+
+# ----------------------------------------------------------------------------- result
+
+
+@dataclass
+class TrainedClassifier:
+    """The selected (best-on-validation) model, in eval mode, as an NNX split."""
+
+    graphdef: Any
+    state: Any
+    class_names: list[str]
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_module(self) -> SmallCNN:
+        """A stateful ``SmallCNN`` (eval mode) holding the selected weights."""
+        return nnx.merge(self.graphdef, self.state)
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Softmax class probabilities, shape (N, n_classes), float32.
+
+        Runs in fixed-size jitted batches (the last one padded), so repeated calls with
+        different N reuse the same compiled function.
+        """
+        x = np.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"predict_proba expects tiles shaped (N, H, W, C), got shape {x.shape}")
+        in_channels = self.to_module().in_channels
+        if x.shape[-1] != in_channels:
+            raise ValueError(f"predict_proba: tiles have {x.shape[-1]} channels, the model expects {in_channels}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(x) == 0:
+            return np.zeros((0, self.n_classes), np.float32)
+        proba = _predict(self.graphdef, (self.state,), jnp.asarray(x, jnp.float32), batch_size)
+        return np.asarray(proba)
+
+
+# ------------------------------------------------------------------------ jitted pieces
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _proba_batch(graphdef, states, x):
+    model = nnx.merge(graphdef, *states, copy=True)
+    return jax.nn.softmax(model(x).astype(jnp.float32), axis=-1)
+
+
+def _eval_batch_size(n: int, batch_size: int) -> int:
+    """min(batch_size, next power of two >= n): few distinct shapes, at most 2x padding."""
+    return max(1, min(int(batch_size), 1 << max(0, math.ceil(math.log2(max(n, 1))))))
+
+
+def _predict(graphdef, states, x: jax.Array, batch_size: int) -> jax.Array:
+    """Softmax over x in fixed-size batches (last one zero-padded); stays on device."""
+    n = x.shape[0]
+    bs = _eval_batch_size(n, batch_size)
+    n_pad = (-n) % bs
+    if n_pad:
+        x = jnp.concatenate([x, jnp.zeros((n_pad, *x.shape[1:]), x.dtype)])
+    outs = [_proba_batch(graphdef, states, x[i : i + bs]) for i in range(0, x.shape[0], bs)]
+    return jnp.concatenate(outs)[:n]
+
+
+def _augment(key: jax.Array, x: jax.Array) -> jax.Array:
+    """Classic augmentation per sample: flips, 90-degree rotations, intensity jitter."""
+    n, h, w = x.shape[0], x.shape[1], x.shape[2]
+    k_h, k_v, k_rot, k_int = jax.random.split(key, 4)
+
+    def bcast(mask):
+        return mask[:, None, None, None]
+
+    x = jnp.where(bcast(jax.random.bernoulli(k_h, 0.5, (n,))), x[:, :, ::-1, :], x)
+    x = jnp.where(bcast(jax.random.bernoulli(k_v, 0.5, (n,))), x[:, ::-1, :, :], x)
+    rot = jax.random.randint(k_rot, (n,), 0, 4)
+    if h != w:
+        rot = 2 * (rot % 2)  # non-square tiles: only 0 and 180 degrees keep the shape
+    for k in (1, 2, 3) if h == w else (2,):
+        x = jnp.where(bcast(rot == k), jnp.rot90(x, k, axes=(1, 2)), x)
+    scale = jax.random.uniform(k_int, (n, 1, 1, 1), x.dtype, 1.0 - JITTER, 1.0 + JITTER)
+    return jnp.clip(x * scale, 0.0, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "augment"))
+def _train_epoch(graphdef, augment, params, rest, opt_state, lr, train_x, train_y, class_w, idx, key):
+    """One epoch: lax.scan of Adam steps over the (n_steps, batch) index matrix ``idx``."""
+
+    def loss_fn(params, rest, x, y, dropout_key):
+        # copy=True: the Variables must belong to this trace level so BatchNorm can
+        # update its running statistics inside the traced function.
+        model = nnx.merge(graphdef, params, rest, copy=True)
+        logits = model(x, dropout_key=dropout_key)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+        loss = jnp.mean(class_w[y] * ce)
+        _, _, new_rest = nnx.split(model, nnx.Param, ...)
+        return loss, new_rest
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(carry, inputs):
+        params, rest, opt_state = carry
+        batch_idx, step_key = inputs
+        k_aug, k_drop = jax.random.split(step_key)
+        x = jnp.take(train_x, batch_idx, axis=0)
+        y = jnp.take(train_y, batch_idx, axis=0)
+        if augment:
+            x = _augment(k_aug, x)
+        (loss, rest), grads = grad_fn(params, rest, x, y, k_drop)
+        updates, opt_state = _ADAM.update(grads, opt_state, params)
+        params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+        return (params, rest, opt_state), loss
+
+    keys = jax.random.split(key, idx.shape[0])
+    (params, rest, opt_state), losses = jax.lax.scan(step, (params, rest, opt_state), (idx, keys))
+    return params, rest, opt_state, jnp.mean(losses)
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def _check_split(name: str, x, y, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim != 4:
+        raise ValueError(f"{name}_x must be shaped (N, H, W, C), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}_x is empty: the {name} split has no items")
+    if y.ndim != 1:
+        raise ValueError(f"{name}_y must be 1-D, got shape {y.shape}")
+    if len(y) != len(x):
+        raise ValueError(f"{name}_x has {len(x)} items but {name}_y has {len(y)} labels")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not (np.issubdtype(y.dtype, np.number) and np.all(np.mod(y, 1) == 0)):
+            raise ValueError(f"{name}_y must hold integer class indices, got dtype {y.dtype}")
+    bad = (y < 0) | (y >= n_classes)
+    if bad.any():
+        raise ValueError(
+            f"{name}_y has label {y[bad][0]!r} out of range [0, {n_classes}) "
+            f"({int(bad.sum())} labels out of range)"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name}_x contains non-finite values")
+    return x.astype(np.float32, copy=False), y.astype(np.int32)
+
+
+def _read_cfg(cfg: dict) -> tuple[int, int, float, list[int]]:
+    try:
+        epochs, batch_size, lr, channels = (cfg[k] for k in ("epochs", "batch_size", "lr", "channels"))
+    except KeyError as e:
+        raise ValueError(f"classifier config is missing {e.args[0]!r}") from None
+    if int(epochs) < 1:
+        raise ValueError(f"classifier epochs must be >= 1, got {epochs}")
+    if int(batch_size) < 1:
+        raise ValueError(f"classifier batch_size must be >= 1, got {batch_size}")
+    if not float(lr) > 0:
+        raise ValueError(f"classifier lr must be > 0, got {lr}")
+    if not channels or any(int(c) < 1 for c in channels):
+        raise ValueError(f"classifier channels must be a non-empty list of positive ints, got {channels}")
+    return int(epochs), int(batch_size), float(lr), [int(c) for c in channels]
+
+
+def _val_scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
+    """Macro-F1 (sklearn's default label set: classes in y_true or y_pred) and balanced
+    accuracy (mean recall over classes present in y_true) -- as in bioaug.metrics."""
+    macro_f1 = f1_score(y_true, y_pred, average="macro", zero_division=0)
+    bal_acc = recall_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0)
+    return float(macro_f1), float(bal_acc)
+
+
+def class_loss_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class loss weights inversely proportional to class frequency in ``y``.
+
+    ``w_c = N / (K_present * n_c)`` (0 for classes absent from ``y``), so the mean of
+    ``w[y]`` over the samples is exactly 1.
+    """
+    counts = np.bincount(np.asarray(y), minlength=n_classes)
+    present = counts > 0
+    return np.where(present, len(y) / (present.sum() * np.maximum(counts, 1)), 0.0)
+
+
+def balanced_sampling_probs(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-sample draw probabilities giving every class present in ``y`` equal total mass."""
+    counts = np.bincount(np.asarray(y), minlength=n_classes)
+    p = 1.0 / ((counts > 0).sum() * counts[np.asarray(y)])
+    return p / p.sum()
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def train_classifier(
+    train_x,
+    train_y,
+    val_x,
+    val_y,
+    class_names: list[str],
+    cfg: dict,
+    seed: int,
+    *,
+    augment: bool = False,
+    class_weighted: bool = False,
+    balanced_sampling: bool = False,
+    log: logging.Logger | None = None,
+) -> TrainedClassifier:
+    """Train ``SmallCNN`` on the train split, select the epoch by validation macro-F1.
+
+    Args:
+      train_x, val_x: float tiles (N, H, W, C) in [0, 1].
+      train_y, val_y: integer labels in [0, len(class_names)).
+      class_names: class index -> name.
+      cfg: ``{epochs, batch_size, lr, channels}`` (other keys ignored).
+      seed: drives init, dropout, augmentation and sampling.
+      augment: random flips / 90-degree rotations / +-10% intensity jitter, on device.
+      class_weighted: per-class loss weights inversely proportional to train frequency,
+        normalised to mean 1 over the training samples.
+      balanced_sampling: each epoch draws len(train) indices with class-uniform
+        probability (with replacement), oversampling rare classes.
+      log: logger for one line per epoch (default ``bioaug.classifier``).
+    """
+    log = log or _LOG
+    class_names = [str(c) for c in class_names]
+    n_classes = len(class_names)
+    if n_classes < 2:
+        raise ValueError(f"need at least 2 class names, got {class_names}")
+    if len(set(class_names)) != n_classes:
+        raise ValueError(f"class_names has duplicates: {class_names}")
+    epochs, batch_size, lr, channels = _read_cfg(cfg)
+    train_x, train_y = _check_split("train", train_x, train_y, n_classes)
+    val_x, val_y = _check_split("val", val_x, val_y, n_classes)
+    if train_x.shape[1:] != val_x.shape[1:]:
+        raise ValueError(f"train tiles are {train_x.shape[1:]} but val tiles are {val_x.shape[1:]} (H, W, C must match)")
+    n_train, h, w, c = train_x.shape
+    min_side = 2 ** len(channels)
+    if min(h, w) < min_side:
+        raise ValueError(f"tiles of {h}x{w} are too small for {len(channels)} pooling blocks (need >= {min_side})")
+
+    # --- randomness: everything from `seed`
+    root = jax.random.key(seed)
+    k_init, k_train = jax.random.split(root)
+    np_rng = np.random.default_rng(seed)
+
+    # --- model and its functional state (train- and eval-mode graphdefs, one state)
+    model = SmallCNN(c, n_classes, channels, rngs=nnx.Rngs(k_init))
+    model.eval()
+    gd_eval, _, _ = nnx.split(model, nnx.Param, ...)
+    model.train()
+    gd_train, params, rest = nnx.split(model, nnx.Param, ...)
+    opt_state = _ADAM.init(params)
+
+    # --- class loss weights and per-sample sampling probabilities
+    class_w = class_loss_weights(train_y, n_classes) if class_weighted else np.ones(n_classes)
+    sample_p = balanced_sampling_probs(train_y, n_classes) if balanced_sampling else None
+
+    bs = min(batch_size, n_train)  # a train set smaller than one batch trains on one full-set batch
+    n_steps = n_train // bs  # partial last batch dropped (always leaves >= 1 batch)
+
+    # --- arrays live on device for the whole run
+    train_x_d = jnp.asarray(train_x)
+    train_y_d = jnp.asarray(train_y)
+    class_w_d = jnp.asarray(class_w, jnp.float32)
+    val_x_d = jnp.asarray(val_x)
+    lr_d = jnp.asarray(lr, jnp.float32)
+
+    log.info(
+        "training SmallCNN%s on %d tiles %dx%dx%d (%d classes), val %d; %d epochs x %d steps of %d; "
+        "augment=%s class_weighted=%s balanced_sampling=%s seed=%d",
+        channels, n_train, h, w, c, n_classes, len(val_x), epochs, n_steps, bs,
+        augment, class_weighted, balanced_sampling, seed,
+    )
+
+    history: list[dict] = []
+    best_f1 = -math.inf
+    best_epoch = 0
+    best_states = (params, rest)
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        if sample_p is not None:
+            order = np_rng.choice(n_train, size=n_train, replace=True, p=sample_p)
+        else:
+            order = np_rng.permutation(n_train)
+        idx = jnp.asarray(order[: n_steps * bs].reshape(n_steps, bs).astype(np.int32))
+        params, rest, opt_state, loss = _train_epoch(
+            gd_train, bool(augment), params, rest, opt_state, lr_d,
+            train_x_d, train_y_d, class_w_d, idx, jax.random.fold_in(k_train, epoch),
+        )
+        val_pred = np.asarray(jnp.argmax(_predict(gd_eval, (params, rest), val_x_d, 512), axis=-1))
+        val_f1, val_bal = _val_scores(val_y, val_pred)
+        train_loss = float(loss)
+        seconds = time.perf_counter() - t0
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_macro_f1": val_f1,
+                "val_balanced_accuracy": val_bal,
+                "seconds": seconds,
+            }
+        )
+        log.info(
+            "epoch %d/%d train_loss %.4f val_macro_f1 %.4f val_balanced_accuracy %.4f (%.1fs)",
+            epoch, epochs, train_loss, val_f1, val_bal, seconds,
+        )
+        if not math.isfinite(train_loss):
+            log.warning("epoch %d: training loss is not finite (%s)", epoch, train_loss)
+        if val_f1 > best_f1:  # strict: ties keep the earlier epoch
+            best_f1, best_epoch, best_states = val_f1, epoch, (params, rest)
+
+    log.info("selected epoch %d (val macro-F1 %.4f)", best_epoch, best_f1)
+    best_model = nnx.merge(gd_eval, *best_states, copy=True)
+    graphdef, state = nnx.split(best_model)
+    return TrainedClassifier(
+        graphdef=graphdef, state=state, class_names=class_names, best_epoch=best_epoch, history=history
+    )

@@ -1,0 +1,215 @@
+"""Class-conditional generator and projection discriminator (Flax NNX, NHWC).
+
+The architecture matches /work/shared/bench/torch_reference_gan.py layer for layer, so the
+JAX training step can be benchmarked against that PyTorch peer.
+
+Spectral norm is functional: the stored weight is never modified; each training forward
+runs one power-iteration step from a persistent vector `u` (a `SpectralU` variable, not
+trained) and uses weight / sigma. (`nnx.SpectralNorm` in Flax 0.12 overwrites the wrapped
+weight in place on each call, which is not what we want.)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+BN_MOMENTUM = 0.9  # flax convention (= torch momentum 0.1)
+BN_EPSILON = 1e-5
+
+# PyTorch's default init for Conv/Linear weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+embed_init = nnx.initializers.normal(1.0)  # torch nn.Embedding: N(0, 1)
+
+
+class SpectralU(nnx.Variable):
+    """Power-iteration vector of a spectrally normalised weight (state, not a trained parameter)."""
+
+
+def _l2normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    return x / jnp.maximum(jnp.linalg.norm(x), eps)
+
+
+def spectral_normalize(w: jax.Array, u: jax.Array, update: bool) -> tuple[jax.Array, jax.Array]:
+    """Return (w / sigma, u') with sigma the power-iteration estimate of w's top singular value.
+
+    `w` is any weight whose last axis is the output axis; it is seen as the matrix
+    (prod(other axes), out) and `u` has length `out`. With `update`, one power-iteration
+    step refines u (as PyTorch's spectral_norm does in training mode); without it the stored
+    u is used as is. u and v are constants for the gradient (stop_gradient), sigma is not.
+    """
+    mat = w.reshape(-1, w.shape[-1])
+    mat_sg = jax.lax.stop_gradient(mat)
+    u = jax.lax.stop_gradient(u)
+    v = _l2normalize(mat_sg @ u)
+    if update:  # PyTorch's order: v from the old u, then u from v; sigma = v^T W u
+        u = _l2normalize(mat_sg.T @ v)
+    sigma = v @ (mat @ u)
+    return w / sigma, u
+
+
+class _SNWeight(nnx.Module):
+    """Mixin: a `kernel` Param, optionally spectrally normalised through a SpectralU `u`."""
+
+    kernel: nnx.Param
+
+    def _init_sn(self, n_out: int, spectral_norm: bool, rngs: nnx.Rngs) -> None:
+        self.spectral_norm = spectral_norm
+        if spectral_norm:
+            self.u = SpectralU(_l2normalize(jax.random.normal(rngs.params(), (n_out,))))
+
+    def weight(self, update_sn: bool) -> jax.Array:
+        """The weight the layer computes with (normalised when spectral norm is on)."""
+        w = self.kernel[...]
+        if not self.spectral_norm:
+            return w
+        w, u = spectral_normalize(w, self.u[...], update_sn)
+        if update_sn:
+            self.u[...] = u
+        return w
+
+
+class SNConv(_SNWeight):
+    """Conv with explicit symmetric padding (the same as torch's `padding=`), HWIO kernel."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, *,
+                 spectral_norm: bool, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(torch_default_init(rngs.params(), (kernel, kernel, cin, cout)))
+        self.bias = nnx.Param(jnp.zeros((cout,)))
+        self.stride = stride
+        self.padding = padding
+        self._init_sn(cout, spectral_norm, rngs)
+
+    def __call__(self, x: jax.Array, update_sn: bool) -> jax.Array:
+        p = self.padding
+        y = jax.lax.conv_general_dilated(
+            x, self.weight(update_sn), (self.stride, self.stride), ((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + self.bias[...]
+
+
+class SNLinear(_SNWeight):
+    def __init__(self, cin: int, cout: int, *, spectral_norm: bool, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(torch_default_init(rngs.params(), (cin, cout)))
+        self.bias = nnx.Param(jnp.zeros((cout,)))
+        self._init_sn(cout, spectral_norm, rngs)
+
+    def __call__(self, x: jax.Array, update_sn: bool) -> jax.Array:
+        return x @ self.weight(update_sn) + self.bias[...]
+
+
+class SNEmbed(_SNWeight):
+    """Embedding table (n_classes, features); spectral norm over the whole table."""
+
+    def __init__(self, n: int, features: int, *, spectral_norm: bool, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(embed_init(rngs.params(), (n, features)))
+        self._init_sn(features, spectral_norm, rngs)
+
+    def __call__(self, y: jax.Array, update_sn: bool) -> jax.Array:
+        return jnp.take(self.weight(update_sn), y, axis=0)
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour 2x upsampling of NHWC images."""
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+    return x.reshape(b, 2 * h, 2 * w, c)
+
+
+class UpBlock(nnx.Module):
+    def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)),
+                             kernel_init=torch_default_init, rngs=rngs)
+        self.bn = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = self.conv(upsample2x(x))
+        return jax.nn.relu(self.bn(x, use_running_average=not train))
+
+
+class Generator(nnx.Module):
+    """(z, y) -> image in [-1, 1] of size 4 * 2**len(g_channels).
+
+    concat(z, Embed(y)) -> Linear -> 4x4xg_channels[0] -> BN, ReLU ->
+    [nearest 2x, conv3x3, BN, ReLU] per entry of g_channels -> conv3x3 -> tanh.
+    `train=True` normalises with batch statistics (and updates the running ones);
+    `train=False` uses the running statistics, so each sample depends only on its (z, y).
+    """
+
+    def __init__(self, z_dim: int, n_classes: int, g_channels: Sequence[int],
+                 out_channels: int, *, rngs: nnx.Rngs):
+        g_channels = tuple(int(c) for c in g_channels)
+        self.z_dim, self.n_classes, self.c0 = z_dim, n_classes, g_channels[0]
+        self.embed = nnx.Embed(n_classes, z_dim, embedding_init=embed_init, rngs=rngs)
+        self.fc = nnx.Linear(2 * z_dim, 16 * g_channels[0], kernel_init=torch_default_init,
+                             rngs=rngs)
+        self.bn0 = nnx.BatchNorm(g_channels[0], momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                 rngs=rngs)
+        blocks, cin = [], g_channels[0]
+        for c in g_channels:
+            blocks.append(UpBlock(cin, c, rngs=rngs))
+            cin = c
+        self.blocks = nnx.List(blocks)
+        self.out = nnx.Conv(cin, out_channels, (3, 3), padding=((1, 1), (1, 1)),
+                            kernel_init=torch_default_init, rngs=rngs)
+
+    def __call__(self, z: jax.Array, y: jax.Array, *, train: bool) -> jax.Array:
+        h = self.fc(jnp.concatenate([z, self.embed(y)], axis=-1))
+        h = h.reshape(-1, 4, 4, self.c0)
+        h = jax.nn.relu(self.bn0(h, use_running_average=not train))
+        for block in self.blocks:
+            h = block(h, train)
+        return jnp.tanh(self.out(h))
+
+
+class DownBlock(nnx.Module):
+    def __init__(self, cin: int, cout: int, *, spectral_norm: bool, rngs: nnx.Rngs):
+        self.conv1 = SNConv(cin, cout, 3, 1, 1, spectral_norm=spectral_norm, rngs=rngs)
+        self.conv2 = SNConv(cout, cout, 4, 2, 1, spectral_norm=spectral_norm, rngs=rngs)
+
+    def __call__(self, x: jax.Array, update_sn: bool) -> jax.Array:
+        x = jax.nn.leaky_relu(self.conv1(x, update_sn), 0.1)
+        return jax.nn.leaky_relu(self.conv2(x, update_sn), 0.1)
+
+
+class Discriminator(nnx.Module):
+    """Projection discriminator: (image in [-1, 1], y) -> one logit per image.
+
+    [conv3x3 s1, LReLU 0.1, conv4x4 s2, LReLU 0.1] per entry of d_channels -> global sum
+    pool -> Linear(1)(h) + <Embed(y), h>. Spectral norm on every conv, the linear and the
+    embedding when enabled; `update_sn=True` (training) runs one power iteration per layer.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, d_channels: Sequence[int],
+                 spectral_norm: bool, *, rngs: nnx.Rngs):
+        blocks, cin = [], in_channels
+        for c in d_channels:
+            blocks.append(DownBlock(cin, int(c), spectral_norm=spectral_norm, rngs=rngs))
+            cin = int(c)
+        self.blocks = nnx.List(blocks)
+        self.lin = SNLinear(cin, 1, spectral_norm=spectral_norm, rngs=rngs)
+        self.embed = SNEmbed(n_classes, cin, spectral_norm=spectral_norm, rngs=rngs)
+
+    def __call__(self, x: jax.Array, y: jax.Array, *, update_sn: bool = True) -> jax.Array:
+        h = x
+        for block in self.blocks:
+            h = block(h, update_sn)
+        h = jnp.sum(h, axis=(1, 2))
+        return self.lin(h, update_sn)[:, 0] + jnp.sum(self.embed(y, update_sn) * h, axis=-1)
+
+
+def build_networks(cfg, key: jax.Array) -> tuple[Generator, Discriminator]:
+    """Fresh G and D for a GanConfig, initialised from `key`."""
+    kg, kd = jax.random.split(key)
+    g = Generator(cfg.z_dim, cfg.n_classes, cfg.g_channels, cfg.channels,
+                  rngs=nnx.Rngs(params=kg))
+    d = Discriminator(cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm,
+                      rngs=nnx.Rngs(params=kd))
+    return g, d
+
+
+def count_params(module: nnx.Module) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
