@@ -46,7 +46,7 @@ def test_write_balanced(tmp_path):
     items["item_id"] = [f"it{i}" for i in range(len(items))]
     tiles = np.random.default_rng(0).random((len(items), 8, 8, 2), dtype=np.float32)
     shard = tmp_path / "tiles" / "shard-00000.npy"
-    write_shard(shard, tiles, items[["item_id", "label", "image"]], pd.DataFrame())
+    write_shard(shard, tiles, items.assign(tile_id=items["item_id"])[["tile_id", "item_id", "label", "image"]], pd.DataFrame())
     syn = tmp_path / "syn" / "b_w.npy"
     syn.parent.mkdir()
     np.save(syn, np.full((2, 8, 8, 2), 0.5, np.float32))

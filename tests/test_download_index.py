@@ -116,7 +116,7 @@ def test_index_missing_image_names_the_path(tmp_path):
 
 def test_index_point_outside_image(tmp_path):
     cfg = write_points(tmp_path, [("a.tif", "x", 1, 1), ("a.tif", "x", 31, 5)])
-    with pytest.raises(BioaugError, match=r"\(31, 5\) of a.tif lies outside the 30x20 image"):
+    with pytest.raises(BioaugError, match=r"ann.csv:3: point \(31, 5\) lies outside the 30x20 image"):
         index_dataset(tmp_path, cfg)
 
 

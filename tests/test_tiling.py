@@ -74,11 +74,12 @@ def test_shards_and_roundtrip(tmp_path):
         tifffile.imwrite(tmp_path / f"f{i}.tif", rng.integers(0, 4000, (2, 40, 40), dtype=np.uint16),
                          photometric="minisblack", metadata={"axes": "CYX"})
     index = pd.DataFrame({"item_id": [f"it{i}" for i in range(10)], "image": [f"f{i // 2}.tif" for i in range(10)],
-                          "group": 0, "label": ["a", "b"] * 5, "x": 20.0, "y": 20.0})
+                          "group": 0, "label": ["a", "b"] * 5, "kind": "point", "x": 20.0, "y": 20.0})
     assert n_shards(index, 2) == 3 and shard_images(index, 2, 2) == ["f4.tif"]
     cfg = {"size": 16, "channels": None, "percentiles": [1, 99]}
     tiles, meta, norm = tile_images(tmp_path, index, shard_images(index, 2, 0), cfg)
     assert tiles.shape == (4, 16, 16, 2) and meta["item_id"].tolist() == ["it0", "it1", "it2", "it3"]
+    assert meta["tile_id"].tolist() == meta["item_id"].tolist()  # one tile per point
     assert len(norm) == 4 and (norm["high"] > norm["low"]).all()
 
     write_shard(tmp_path / "shard-00000.npy", tiles, meta, norm)

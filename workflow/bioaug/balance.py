@@ -19,7 +19,7 @@ from .runtime import atomic_path, progress
 from .tilestore import load_tiles
 
 log = logging.getLogger("bioaug.balance")
-MANIFEST_COLUMNS = ["path", "label", "origin", "split", "item_id", "checkpoint", "step", "seed"]
+MANIFEST_COLUMNS = ["path", "label", "origin", "split", "item_id", "tile_id", "checkpoint", "step", "seed"]
 
 
 def _write_tile(path: Path, tile: np.ndarray) -> None:
@@ -37,10 +37,11 @@ def write_balanced(items: pd.DataFrame, shard_npys, synthetic_npys, out_dir: str
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for tile, (_, r) in progress(zip(x, real.iterrows()), total=len(x), desc="real tiles"):
-            rel = Path(safe_name(r["label"])) / f"real_{r['item_id']}.tif"
+            rel = Path(safe_name(r["label"])) / f"real_{r['tile_id']}.tif"
             (tmp / rel.parent).mkdir(parents=True, exist_ok=True)
             _write_tile(tmp / rel, tile)
-            rows.append({"path": str(rel), "label": r["label"], "origin": "real", "split": "train", "item_id": r["item_id"]})
+            rows.append({"path": str(rel), "label": r["label"], "origin": "real", "split": "train", "item_id": r["item_id"],
+                         "tile_id": r["tile_id"]})
         for npy in synthetic_npys:
             npy = Path(npy)
             tiles = np.load(npy)

@@ -1,7 +1,15 @@
-"""Reading source images into (H, W, C) float32 arrays, with errors that name the file."""
+"""Reading source images, whole or region by region, with errors that name the file.
+
+`open_image` gives an `ImageSource` whose regions can be read without loading the image:
+uncompressed TIFFs are memory-mapped (tifffile.memmap), so tiling a 16k x 16k image keeps
+only the tiles in flight in memory. Compressed TIFFs, PNG and JPEG are read whole.
+Images inside an NPZ file are addressed as `file.npz::{split}_images/{index}`.
+All arrays come back as (H, W, C) float32.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -10,95 +18,176 @@ from .runtime import BioaugError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
-SUPPORTED_DTYPES = (np.uint8, np.uint16, np.int16, np.int32, np.uint32, np.float16, np.float32, np.float64)
+IMAGE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES
+NPZ_SEPARATOR = "::"
+SUPPORTED_DTYPES = (np.uint8, np.uint16, np.int8, np.int16, np.int32, np.uint32, np.float16, np.float32, np.float64)
+# Images above this many pixels are checked and summarised from a strided sample, not whole.
+LARGE_IMAGE_PIXELS = 64 * 1024 * 1024
+STATS_SAMPLE_PIXELS = 4 * 1024 * 1024
 
 
-def image_shape(path: str | Path) -> tuple[int, int, int]:
-    """(H, W, C) of an image without reading its pixels (TIFF); reads PNG/JPEG headers."""
-    path = Path(path)
+class ImageSource:
+    """An image as (H, W, C), readable by region; `array` is a numpy array or a memmap."""
+
+    def __init__(self, path: str, array: np.ndarray, channels: list[int] | None):
+        if array.dtype.type not in SUPPORTED_DTYPES:
+            raise BioaugError(f"{path}: unsupported pixel type {array.dtype}")
+        if channels is not None:
+            bad = [c for c in channels if c >= array.shape[-1]]
+            if bad:
+                raise BioaugError(f"{path}: has {array.shape[-1]} channel(s), tiles.channels asks for {bad}")
+        self.path = path
+        self.array = array
+        self.channels = list(channels) if channels is not None else None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        h, w, c = self.array.shape
+        return h, w, len(self.channels) if self.channels is not None else c
+
+    def _select(self, arr: np.ndarray) -> np.ndarray:
+        arr = arr[..., self.channels] if self.channels is not None else arr
+        return np.asarray(arr, dtype=np.float32)
+
+    def region(self, top: int, left: int, height: int, width: int) -> np.ndarray:
+        """Pixels [top, top+height) x [left, left+width); parts outside the image are
+        reflect-padded (mirrored at the edge pixel, as numpy's 'reflect')."""
+        h, w, _ = self.array.shape
+        t, l = max(top, 0), max(left, 0)
+        b, r = min(top + height, h), min(left + width, w)
+        if b <= t or r <= l:
+            raise BioaugError(f"{self.path}: region at ({left}, {top}) lies outside the {w}x{h} image")
+        arr = self._select(self.array[t:b, l:r])
+        pads = ((t - top, top + height - b), (l - left, left + width - r), (0, 0))
+        if any(p for pair in pads for p in pair):
+            arr = np.pad(arr, pads, mode="reflect" if min(arr.shape[:2]) > 1 else "edge")
+        return arr
+
+    def read(self) -> np.ndarray:
+        return self._select(self.array)
+
+    def sample(self, max_pixels: int = STATS_SAMPLE_PIXELS) -> np.ndarray:
+        """The whole image, or a regular strided sample of it when it is large."""
+        h, w, _ = self.array.shape
+        k = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+        return self._select(self.array[::k, ::k])
+
+
+def open_image(path: str | Path, channels: list[int] | None = None) -> ImageSource:
+    """Open an image for reading; raises BioaugError naming the file on any problem."""
+    path_s = str(path)
     try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
+        if NPZ_SEPARATOR in path_s:
+            arr = _npz_member(path_s)
+        else:
+            path = Path(path)
+            suffix = path.suffix.lower()
+            if suffix in TIFF_SUFFIXES:
+                arr = _read_tiff(path)
+            elif suffix in RASTER_SUFFIXES:
+                from PIL import Image
 
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                return _hwc_shape(series.shape, series.axes, path)
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return im.height, im.width, len(im.getbands())
+                with Image.open(path) as im:
+                    arr = np.asarray(im)
+            else:
+                raise BioaugError(f"{path}: unsupported image type {path.suffix!r} (use TIFF, PNG or JPEG)")
+        if arr.ndim == 2:
+            arr = arr[..., None]
     except BioaugError:
         raise
     except FileNotFoundError:
-        raise BioaugError(f"{path}: image file not found") from None
+        raise BioaugError(f"{path_s}: image file not found") from None
     except Exception as err:
-        raise BioaugError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
+        raise BioaugError(f"{path_s}: not a readable image ({type(err).__name__}: {err})") from err
+    return ImageSource(path_s, arr, channels)
 
 
 def read_image(path: str | Path, channels: list[int] | None = None) -> np.ndarray:
-    """Read a TIFF/PNG/JPEG as (H, W, C) float32, keeping only `channels` when given."""
-    path = Path(path)
+    """Read a whole image as (H, W, C) float32, keeping only `channels` when given."""
+    src = open_image(path, channels)
     try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                arr = series.asarray()
-                arr = _to_hwc(arr, series.axes, path)
-        elif path.suffix.lower() in RASTER_SUFFIXES:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                arr = np.asarray(im)
-            if arr.ndim == 2:
-                arr = arr[..., None]
-        else:
-            raise BioaugError(f"{path}: unsupported image type {path.suffix!r} (use TIFF, PNG or JPEG)")
-    except BioaugError:
-        raise
-    except FileNotFoundError:
-        raise BioaugError(f"{path}: image file not found") from None
+        arr = src.read()
     except Exception as err:
         raise BioaugError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
-    if arr.dtype.type not in SUPPORTED_DTYPES:
-        raise BioaugError(f"{path}: unsupported pixel type {arr.dtype}")
-    if channels is not None:
-        bad = [c for c in channels if c >= arr.shape[-1]]
-        if bad:
-            raise BioaugError(f"{path}: has {arr.shape[-1]} channel(s), tiles.channels asks for {bad}")
-        arr = arr[..., channels]
-    arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
         raise BioaugError(f"{path}: contains NaN or infinite pixel values")
     return arr
 
 
-def _hwc_shape(shape, axes: str, path: Path) -> tuple[int, int, int]:
-    dims = dict(zip(axes, shape))
-    if "Y" not in dims or "X" not in dims:
-        raise BioaugError(f"{path}: no Y/X axes in TIFF (axes {axes!r})")
-    c = 1
-    for ax in ("C", "S"):
-        c *= dims.get(ax, 1)
-    return dims["Y"], dims["X"], c
+def validate_image(path: str | Path, channels: list[int] | None = None) -> tuple[int, int, int]:
+    """Check that an image reads completely and is finite; return its (H, W, C).
+
+    Large images are checked strip by strip, so validation never holds the whole image.
+    """
+    src = open_image(path, channels)
+    h, w, c = src.shape
+    rows = max(1, LARGE_IMAGE_PIXELS // max(w, 1))
+    try:
+        for top in range(0, h, rows):
+            strip = src._select(src.array[top:top + rows])
+            if not np.isfinite(strip).all():
+                raise BioaugError(f"{path}: contains NaN or infinite pixel values")
+    except BioaugError:
+        raise
+    except Exception as err:  # truncated files fail here, when the pixels are read
+        raise BioaugError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
+    return h, w, c
 
 
-def _to_hwc(arr: np.ndarray, axes: str, path: Path) -> np.ndarray:
+def image_shape(path: str | Path) -> tuple[int, int, int]:
+    """(H, W, C) of an image, reading as little as the format allows."""
+    return open_image(path).shape
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        shapes = {s.shape for s in tif.series}
+        if len(tif.series) > 1 and len(shapes) == 1 and len(shapes.pop()) == 2:
+            # Plain multi-page TIFF of equal 2-D pages without axis metadata: pages are channels.
+            return np.stack([s.asarray() for s in tif.series], axis=-1)
+        series = tif.series[0]
+        axes, shape = series.axes.replace("I", "C").replace("Q", "C"), series.shape
+        page = series.pages[0] if len(series.pages) else None
+        contiguous = page is not None and len(series.pages) == 1 and page.is_contiguous and page.is_memmappable
+    if contiguous and axes in ("YX", "YXS"):
+        arr = tifffile.memmap(path, mode="r")  # reads pages on demand; nothing loaded yet
+    else:
+        arr = tifffile.imread(path, series=0)
+    return _to_hwc(arr, axes, shape, path)
+
+
+def _to_hwc(arr: np.ndarray, axes: str, shape, path: Path) -> np.ndarray:
     """Reorder a tifffile series to (H, W, C); channel-like axes (C, S) become C.
 
-    Other axes (Z, T, ...) must have length 1; multi-plane stacks need an explicit choice
-    that the configuration does not offer yet, so they are refused rather than guessed.
+    Other axes (Z, T, ...) must have length 1: a multi-plane stack needs a choice the
+    configuration does not offer yet, so it is refused rather than guessed.
     """
-    extra = [(i, ax) for i, ax in enumerate(axes) if ax not in "YXCS"]
-    for i, ax in extra:
-        if arr.shape[i] != 1:
-            raise BioaugError(f"{path}: axis {ax!r} has {arr.shape[i]} planes; only single-plane images are supported")
+    arr = arr.reshape(shape)
+    for i, ax in enumerate(axes):
+        if ax not in "YXCS" and shape[i] != 1:
+            raise BioaugError(f"{path}: axis {ax!r} has {shape[i]} planes; only single-plane images are supported")
     keep = [ax for ax in axes if ax in "YXCS"]
-    arr = arr.reshape([n for n, ax in zip(arr.shape, axes) if ax in "YXCS"])
     if "Y" not in keep or "X" not in keep:
         raise BioaugError(f"{path}: no Y/X axes in TIFF (axes {axes!r})")
-    chan = [keep.index(a) for a in keep if a in "CS"]
-    order = [keep.index("Y"), keep.index("X")] + chan
-    arr = np.transpose(arr, order)
+    arr = arr.reshape([n for n, ax in zip(shape, axes) if ax in "YXCS"])
+    order = [keep.index("Y"), keep.index("X")] + [i for i, a in enumerate(keep) if a in "CS"]
+    if order != list(range(len(order))):
+        arr = np.transpose(arr, order)
     return arr.reshape(arr.shape[0], arr.shape[1], -1)
+
+
+@functools.lru_cache(maxsize=4)
+def _npz_arrays(npz_path: str):
+    with np.load(npz_path) as z:
+        return {k: z[k] for k in z.files if k.endswith("_images")}
+
+
+def _npz_member(ref: str) -> np.ndarray:
+    npz_path, member = ref.split(NPZ_SEPARATOR, 1)
+    name, index = member.rsplit("/", 1)
+    arrays = _npz_arrays(npz_path)
+    if name not in arrays:
+        raise BioaugError(f"{npz_path}: no array {name!r}")
+    return arrays[name][int(index)]

@@ -22,9 +22,18 @@ log = logging.getLogger("bioaug.split")
 SPLITS = ("train", "val", "test")
 
 
-def assign_splits(items: pd.DataFrame, fractions: dict, seed: int) -> pd.DataFrame:
-    """Return a copy of `items` with a `split` column; every class must reach every split."""
+def assign_splits(items: pd.DataFrame, fractions: dict, seed: int, use_source_split: bool = False) -> pd.DataFrame:
+    """Return a copy of `items` with a `split` column; every class must reach every split.
+
+    With `use_source_split`, the split stored in the data (NPZ / MedMNIST) is kept as it is.
+    """
     out = items.copy()
+    if use_source_split:
+        if "source_split" not in out.columns or out["source_split"].isna().any():
+            raise BioaugError("split.use_source_split: this dataset stores no split (only NPZ data does)")
+        out["split"] = out["source_split"]
+        _check_every_class_everywhere(out)
+        return out
     groups = out["group"].astype(str).to_numpy()
     labels = out["label"].to_numpy()
     n_groups = len(np.unique(groups))

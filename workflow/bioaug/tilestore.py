@@ -3,7 +3,8 @@
 A shard is three files with one prefix:
   {prefix}.npy        float32 (N, H, W, C) tiles, values in [0, 1] (memory-mappable, so
                       training can stream rows without loading the shard)
-  {prefix}.csv        one row per tile: item_id, label, image
+  {prefix}.csv        one row per tile: tile_id, item_id, label, image (an item can have
+                      several tiles, e.g. sliding windows over an image-level label)
   {prefix}.norm.csv   per-image, per-channel normalisation statistics (image, channel, low, high)
 The split is not stored here: it comes from items.csv, so changing the split does not
 re-tile anything.

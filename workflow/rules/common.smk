@@ -28,6 +28,21 @@ def source_params(wildcards):
     return {k: dcfg[k] for k in ("source", "sha256", "builtin") if k in dcfg}
 
 
+READING_KEYS = ("format", "annotations", "images", "columns", "classes", "on_bad_input")
+
+
+def reading_params(wildcards):
+    """How the index reads the raw data: format, file names, accepted classes."""
+    dcfg = config["datasets"][wildcards.dataset]
+    return {k: dcfg[k] for k in READING_KEYS if k in dcfg}
+
+
+def index_tile_params(wildcards):
+    """The tile settings that decide at index time whether an object can be tiled."""
+    tiles = dataset_section(config, wildcards.dataset, "tiles")
+    return {k: tiles[k] for k in ("size", "border", "channels")}
+
+
 def classifier_params(wildcards):
     """The classifier settings one (arm, seed) job depends on; the arm/seed lists are not."""
     cfg = dataset_section(config, wildcards.dataset, "classifier")

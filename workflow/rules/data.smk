@@ -21,8 +21,8 @@ checkpoint index:
         index="results/{dataset}/index.csv",
         rejected="results/{dataset}/rejected.csv",
     params:
-        format=lambda w: config["datasets"][w.dataset]["format"],
-        annotations=lambda w: config["datasets"][w.dataset]["annotations"],
+        reading=reading_params,
+        tiles=index_tile_params,
     log:
         "logs/{dataset}/index.log",
     conda:
