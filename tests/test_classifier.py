@@ -63,15 +63,22 @@ def _check_proba(p, n):
 
 
 def test_small_cnn_shapes_and_modes():
-    model = SmallCNN(2, 5, [4, 8], rngs=nnx.Rngs(0))
+    # nnx.jit keeps this fast: eager init/forward compile every op separately on CPU
+    model = nnx.jit(lambda: SmallCNN(2, 5, [4, 8], rngs=nnx.Rngs(0)))()
+    forward = nnx.jit(lambda m, x: m(x))
     x = jnp.ones((3, 16, 16, 2))
     model.eval()
-    assert model(x).shape == (3, 5)
-    np.testing.assert_array_equal(model(x), model(x))  # eval mode is deterministic
+    assert model.dropout.deterministic is True
+    assert model.blocks[1].bn2.use_running_average is True
+    assert forward(model, x).shape == (3, 5)
+    np.testing.assert_array_equal(forward(model, x), forward(model, x))  # eval is deterministic
     model.train()
     assert model.dropout.deterministic is False
     assert model.blocks[0].bn1.use_running_average is False
-    assert model(x).shape == (3, 5)
+    mean_before = np.asarray(model.blocks[0].bn1.mean[...])
+    assert forward(model, x).shape == (3, 5)
+    # train mode updates BatchNorm running statistics in place
+    assert not np.array_equal(np.asarray(model.blocks[0].bn1.mean[...]), mean_before)
 
 
 # ---------------------------------------------------------------------------- training

@@ -61,13 +61,34 @@ def test_url_download_verifies_sha256(tmp_path, http_server):
     fetch_dataset({"source": f"{base}/set.zip", "sha256": sha}, tmp_path / "ok", cache_dir=tmp_path / "cache")
     assert (tmp_path / "ok" / "data" / "a.tif").is_file()
 
+    # a verified file is not fetched again (the server no longer has it)
+    (root / "set.zip").rename(root / "moved.zip")
+    fetch_dataset({"source": f"{base}/set.zip", "sha256": sha}, tmp_path / "again", cache_dir=tmp_path / "cache")
+    (root / "moved.zip").rename(root / "set.zip")
+
     with pytest.raises(BioaugError) as err:
-        fetch_dataset({"source": f"{base}/set.zip", "sha256": "0" * 64}, tmp_path / "bad", cache_dir=tmp_path / "c2")
+        fetch_dataset({"source": f"{base}/set.zip", "sha256": "0" * 64}, tmp_path / "bad", cache_dir=tmp_path / "c2", retries=1)
     assert f"{base}/set.zip" in str(err.value) and "0" * 64 in str(err.value) and sha in str(err.value)
     assert not (tmp_path / "bad").exists()
 
     with pytest.raises(BioaugError, match="missing.zip.*404"):
-        fetch_dataset({"source": f"{base}/missing.zip", "sha256": sha}, tmp_path / "nf", cache_dir=tmp_path / "c3")
+        fetch_dataset({"source": f"{base}/missing.zip", "sha256": sha}, tmp_path / "nf", cache_dir=tmp_path / "c3", retries=0)
+    assert not any((tmp_path / "c2").iterdir())  # the mismatching download left nothing behind
+
+
+def test_url_timeout_is_named(tmp_path, monkeypatch):
+    import socket
+
+    import bioaug.download as download
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)  # accepts the connection, never answers
+    monkeypatch.setattr(download, "DOWNLOAD_TIMEOUT_S", 0.5)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/slow.zip"
+    with pytest.raises(BioaugError, match=r"slow.zip: .*(Timeout|timed out)"):
+        fetch_dataset({"source": url, "sha256": "0" * 64}, tmp_path / "t", cache_dir=tmp_path / "c", retries=0)
+    sock.close()
 
 
 def test_local_folder_and_archive(tmp_path):

@@ -18,7 +18,12 @@ log = logging.getLogger("bioaug.download")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 
-def fetch_dataset(dataset_cfg: dict, out_dir: str | Path, cache_dir: str | Path | None = None) -> None:
+DOWNLOAD_RETRIES = 3
+DOWNLOAD_TIMEOUT_S = 60
+
+
+def fetch_dataset(dataset_cfg: dict, out_dir: str | Path, cache_dir: str | Path | None = None,
+                  retries: int = DOWNLOAD_RETRIES) -> None:
     """Materialise one dataset into `out_dir` (written atomically)."""
     source = dataset_cfg["source"]
     with atomic_path(out_dir) as tmp:
@@ -35,7 +40,7 @@ def fetch_dataset(dataset_cfg: dict, out_dir: str | Path, cache_dir: str | Path 
             log.info("simulated %d fields with %d cells: %s", b["n_images"], len(table),
                      table["label"].value_counts().to_dict())
         elif source.startswith(("http://", "https://")):
-            path = _download_url(source, dataset_cfg["sha256"], Path(cache_dir or Path(out_dir).parent / ".cache"))
+            path = _download_url(source, dataset_cfg["sha256"], Path(cache_dir or Path(out_dir).parent / ".cache"), retries)
             _unpack(path, tmp)
         else:
             src = Path(source).expanduser()
@@ -49,16 +54,20 @@ def fetch_dataset(dataset_cfg: dict, out_dir: str | Path, cache_dir: str | Path 
                 _unpack(src, tmp)
 
 
-def _download_url(url: str, sha256: str, cache_dir: Path) -> Path:
+def _download_url(url: str, sha256: str, cache_dir: Path, retries: int = DOWNLOAD_RETRIES) -> Path:
     import pooch
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    name = PurePosixPath(url.split("?")[0]).name or "download"
+    base, _, name = url.split("?")[0].rpartition("/")
+    name = name or "download"
+    # pooch streams to a temporary file and moves it into place only after the hash
+    # matches, so a partial file never passes as complete; a verified file is not fetched
+    # again; failed attempts (connection errors, HTTP errors, hash mismatch) are retried
+    # with a growing pause (1 s, 2 s, ...).
+    fetcher = pooch.create(path=cache_dir, base_url=base + "/", registry={name: f"sha256:{sha256.lower()}"},
+                           urls={name: url}, retry_if_failed=retries)
     try:
-        # pooch downloads to a temporary file and moves it into place only after the hash
-        # matches, so a partial file never passes as complete; a verified file is not refetched.
-        path = pooch.retrieve(url, known_hash=f"sha256:{sha256.lower()}", fname=name,
-                              path=cache_dir, progressbar=False)
+        path = fetcher.fetch(name, downloader=pooch.HTTPDownloader(progressbar=False, timeout=DOWNLOAD_TIMEOUT_S))
     except ValueError as err:  # pooch reports a hash mismatch as ValueError
         raise BioaugError(f"download {url}: {err}") from err
     except Exception as err:  # requests' HTTP/connection errors

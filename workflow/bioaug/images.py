@@ -21,8 +21,8 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES
 NPZ_SEPARATOR = "::"
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.int8, np.int16, np.int32, np.uint32, np.float16, np.float32, np.float64)
-# Images above this many pixels are checked and summarised from a strided sample, not whole.
-LARGE_IMAGE_PIXELS = 64 * 1024 * 1024
+# Validation reads strips of this many pixels; statistics use a strided sample of at most this many.
+VALIDATE_STRIP_PIXELS = 8 * 1024 * 1024
 STATS_SAMPLE_PIXELS = 4 * 1024 * 1024
 
 
@@ -64,13 +64,51 @@ class ImageSource:
         return arr
 
     def read(self) -> np.ndarray:
-        return self._select(self.array)
+        return self._select(self.array[:, :])
 
     def sample(self, max_pixels: int = STATS_SAMPLE_PIXELS) -> np.ndarray:
         """The whole image, or a regular strided sample of it when it is large."""
         h, w, _ = self.array.shape
         k = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
         return self._select(self.array[::k, ::k])
+
+
+class MappedTiff:
+    """Rows of an uncompressed single-page TIFF, memory-mapped only while a region is read.
+
+    A memmap of the whole file would keep every page it touched resident (and counted in
+    RSS) until closed; mapping just the rows of each region keeps memory at the region.
+    """
+
+    ROW_BLOCK = 256
+
+    def __init__(self, path: Path, offset: int, shape: tuple, dtype):
+        self.path, self.offset, self.dtype = path, offset, np.dtype(dtype)
+        self.shape = shape if len(shape) == 3 else (*shape, 1)
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        h, w, c = self.shape
+        row_bytes = w * c * self.dtype.itemsize
+        mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset + start * row_bytes,
+                       shape=(stop - start, w, c))
+        return mm
+
+    def __getitem__(self, key):
+        rows, cols = (key + (slice(None),))[:2] if isinstance(key, tuple) else (key, slice(None))
+        start, stop, step = rows.indices(self.shape[0])
+        blocks = []
+        for b0 in range(start, stop, self.ROW_BLOCK * step):
+            b1 = min(stop, b0 + self.ROW_BLOCK * step)
+            mm = self._rows(b0, b1)
+            blocks.append(np.array(mm[::step, cols]))  # copy, then drop the mapping
+            del mm
+        if not blocks:
+            return np.zeros((0, len(range(*cols.indices(self.shape[1]))), self.shape[2]), self.dtype)
+        return np.concatenate(blocks)
 
 
 def open_image(path: str | Path, channels: list[int] | None = None) -> ImageSource:
@@ -121,7 +159,7 @@ def validate_image(path: str | Path, channels: list[int] | None = None) -> tuple
     """
     src = open_image(path, channels)
     h, w, c = src.shape
-    rows = max(1, LARGE_IMAGE_PIXELS // max(w, 1))
+    rows = max(1, VALIDATE_STRIP_PIXELS // max(w, 1))
     try:
         for top in range(0, h, rows):
             strip = src._select(src.array[top:top + rows])
@@ -151,8 +189,10 @@ def _read_tiff(path: Path) -> np.ndarray:
         axes, shape = series.axes.replace("I", "C").replace("Q", "C"), series.shape
         page = series.pages[0] if len(series.pages) else None
         contiguous = page is not None and len(series.pages) == 1 and page.is_contiguous and page.is_memmappable
+        offset = page.dataoffsets[0] if contiguous else None
+        dtype = page.dtype if contiguous else None
     if contiguous and axes in ("YX", "YXS"):
-        arr = tifffile.memmap(path, mode="r")  # reads pages on demand; nothing loaded yet
+        return MappedTiff(path, offset, tuple(shape), dtype)  # nothing read yet
     else:
         arr = tifffile.imread(path, series=0)
     return _to_hwc(arr, axes, shape, path)
