@@ -209,3 +209,19 @@ def test_value_errors(data, case, match):
         names = ["only"]
     with pytest.raises(ValueError, match=match):
         train_classifier(tx, ty, vx, vy, names, cfg, seed=0)
+
+
+def test_save_load_features_roundtrip(tmp_path):
+    from bioaug.classifier import load_classifier
+
+    rng = np.random.default_rng(7)
+    x, y = make_tiles(120, rng)
+    vx, vy = make_tiles(30, rng)
+    model = train_classifier(x, y, vx, vy, NAMES, {**CFG, "epochs": 1}, seed=0)
+    model.save(tmp_path / "clf")
+    loaded = load_classifier(tmp_path / "clf")
+    np.testing.assert_allclose(loaded.predict_proba(vx), model.predict_proba(vx), rtol=1e-6, atol=1e-6)
+    feats = loaded.features(vx)
+    assert feats.shape == (30, CFG["channels"][-1]) and np.isfinite(feats).all()
+    np.testing.assert_allclose(feats, model.features(vx), rtol=1e-6, atol=1e-6)
+    assert loaded.class_names == NAMES and loaded.best_epoch == model.best_epoch

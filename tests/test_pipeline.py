@@ -44,13 +44,29 @@ def test_outputs_and_contracts(tiny_run):
     # GAN log, classifier metrics, summary and figures.
     gan_log = pd.read_csv(res / "gan" / "train_log.csv")
     assert gan_log["step"].iloc[-1] == 40 and np.isfinite(gan_log[["d_loss", "g_loss"]].to_numpy()).all()
-    for arm in ("real", "real+gan"):
+    arms = ["class_weights", "gan_only", "oversample", "real", "real+classic", "real+gan", "real+gan+classic"]
+    n_train = items[items["split"] == "train"]["label"].value_counts().sort_index().tolist()
+    for arm in arms:
         m = json.loads((res / "classify" / arm / "seed-0.json").read_text())
-        assert m["split"] == "test" and m["n"] == (items["split"] == "test").sum()
+        assert m["split"] == "test" and m["n"] == (items["split"] == "test").sum() == len(m["y_pred"])
         assert 0 <= m["balanced_accuracy"] <= 1 and set(m["per_class"]) == set(items["label"])
+        expected = {"real": n_train, "real+gan": [max(n_train)] * 4, "gan_only": [max(n_train)] * 4}.get(arm)
+        if expected:
+            assert m["n_train_per_class"] == expected, arm
     summary = pd.read_csv(res / "summary.csv")
-    assert sorted(summary["arm"]) == ["real", "real+gan"]
-    for png in ("report/recall_by_arm.png", "report/real_vs_synthetic.png", "report/gan_losses.png", "gan/samples.png"):
+    assert sorted(summary["arm"]) == arms
+
+    # per-class verdicts for the three GAN arms, computed, with intervals around the difference
+    verdicts = pd.read_csv(res / "verdicts.csv")
+    assert len(verdicts) == 3 * 4 and set(verdicts["verdict"]) <= {"helps", "hurts", "no evidence"}
+    assert (verdicts["diff_lo"] <= verdicts["difference"] + 1e-9).all() and (verdicts["difference"] <= verdicts["diff_hi"] + 1e-9).all()
+    assert not verdicts["baseline_arm"].isin(["real+gan", "real+gan+classic", "gan_only"]).any()
+    assert "| verdict |" in (res / "summary.md").read_text()
+    quality = pd.read_csv(res / "gan_quality.csv")
+    assert quality["class"].tolist() == ["all", *sorted(items["label"].unique())]
+    assert (quality["fid"] >= 0).all() and quality[["precision", "recall", "coverage"]].apply(lambda c: c.between(0, 1)).all().all()
+    for png in ("report/recall_by_arm.png", "report/f1_by_arm.png", "report/confusion.png", "report/closest_pairs.png",
+                "report/real_vs_synthetic.png", "report/gan_losses.png", "gan/samples.png"):
         assert (res / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 
@@ -62,7 +78,7 @@ def test_classifier_change_reruns_only_classify_and_report(copy_of_run):
     config = load_tiny_config()
     config["classifier"]["lr"] = 0.002
     write_config(copy_of_run, config)
-    assert planned_jobs(copy_of_run) == {"classify": 2, "report": 1, "all": 1}
+    assert planned_jobs(copy_of_run) == {"classify": 7, "report": 1, "all": 1}
 
 
 def test_gan_change_reruns_gan_dependants_only(copy_of_run):
@@ -70,11 +86,13 @@ def test_gan_change_reruns_gan_dependants_only(copy_of_run):
     config["gan"]["steps"] = 30
     write_config(copy_of_run, config)
     jobs = planned_jobs(copy_of_run)
-    # train_gan, one generate per class, balance, the real+gan arm (not the real arm), report.
-    assert jobs == {"train_gan": 1, "generate": 4, "balance": 1, "classify": 1, "report": 1, "all": 1}
+    # train_gan, one generate per class, balance, the three GAN arms (not the others), quality, report.
+    assert jobs == {"train_gan": 1, "generate": 4, "balance": 1, "classify": 3, "gan_quality": 1, "report": 1, "all": 1}
     out = run_snakemake(copy_of_run, "--dry-run").stdout
-    assert "output: results/tiny/classify/real+gan/seed-0.json" in out
-    assert "output: results/tiny/classify/real/seed-0.json" not in out
+    for arm in ("real+gan", "real+gan+classic", "gan_only"):
+        assert f"output: results/tiny/classify/{arm}/seed-0.json" in out
+    for arm in ("real", "real+classic", "oversample", "class_weights"):
+        assert f"output: results/tiny/classify/{arm}/seed-0.json" not in out
 
 
 def test_html_report(copy_of_run):

@@ -46,6 +46,8 @@ def write_balanced(items: pd.DataFrame, shard_npys, synthetic_npys, out_dir: str
             npy = Path(npy)
             tiles = np.load(npy)
             meta = pd.read_csv(npy.with_suffix(".csv"))
+            use = meta["used_for_balance"].to_numpy(bool) if "used_for_balance" in meta else np.ones(len(meta), bool)
+            tiles, meta = tiles[use], meta[use]
             for i, (tile, (_, m)) in enumerate(zip(tiles, meta.iterrows())):
                 rel = Path(safe_name(m["label"])) / f"synthetic_{i:06d}_seed{int(m['seed'])}.tif"
                 (tmp / rel.parent).mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,10 @@
-"""Generate stage: how many synthetic tiles each class needs, and making exactly that many.
+"""Generate stage: how many synthetic tiles each class needs, and making them.
 
-Each synthetic tile has its own seed (derived from generate.seed, the class and its index),
-so any tile can be regenerated from the generator checkpoint and the seed in the manifest.
+Each class gets `target` tiles (the balancing target). The first `target - real` of them,
+in seed order, balance the class (`used_for_balance`); all of them feed the `gan_only`
+arm and the GAN quality metrics, which need synthetic tiles of every class, the largest
+included. Each tile has its own seed (derived from generate.seed, the class and its index,
+prefix-stable), so any tile can be regenerated from the generator checkpoint and its seed.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def generate_class(generator_dir: str | Path, items: pd.DataFrame, label: str, b
     if label not in names:
         raise BioaugError(f"class {label!r} is not in items.csv (classes: {names})")
     targets = class_targets(items, balance_cfg).set_index("label")
-    n = int(targets.loc[label, "n_synthetic"])
+    n = int(targets.loc[label, "target"])
+    n_balance = int(targets.loc[label, "n_synthetic"])
     cls = names.index(label)
     info = json.loads((generator_dir / "generator.json").read_text())
     if info["class_names"] != names:
@@ -62,14 +66,15 @@ def generate_class(generator_dir: str | Path, items: pd.DataFrame, label: str, b
 
         gen = load_generator(generator_dir)
         tiles = sample_tiles(gen, cls, seeds, batch_size=generate_cfg["batch_size"])
-    else:  # the largest class needs none: skip loading JAX at all
+    else:
         tiles = np.zeros((0, info["tile_size"], info["tile_size"], info["out_channels"]), np.float32)
-    meta = pd.DataFrame({"label": label, "seed": seeds, "checkpoint": str(generator_dir), "step": info["step"]})
+    meta = pd.DataFrame({"label": label, "seed": seeds, "checkpoint": str(generator_dir), "step": info["step"],
+                         "used_for_balance": np.arange(n) < n_balance})
     out_npy = Path(out_npy)
     with atomic_path(out_npy.with_suffix(".csv")) as tmp:
         meta.to_csv(tmp, index=False)
     with atomic_path(out_npy) as tmp:
         np.save(tmp, tiles.astype(np.float32))
-    log.info("class %s: %d real train tiles, target %d, generated %d", label,
-             targets.loc[label, "n_real"], targets.loc[label, "target"], n)
+    log.info("class %s: %d real train tiles, target %d: generated %d, %d of them balance the class", label,
+             targets.loc[label, "n_real"], targets.loc[label, "target"], n, n_balance)
     return n

@@ -118,12 +118,109 @@ def plot_real_vs_synthetic(items: pd.DataFrame, shard_npys, balanced_dir, path, 
         save_class_grid(tmp, names, rows, title="Real (train) vs synthetic tiles per class")
 
 
-def write_report(*, metric_jsons, items: pd.DataFrame, shard_npys, balanced_dir, gan_log, outputs: dict) -> None:
+def plot_f1_with_intervals(arm_table: pd.DataFrame, path) -> None:
+    """Per-class F1 by arm with bootstrap 95% intervals (seeds and test tiles resampled)."""
+    plt = _plt()
+    table = arm_table[arm_table["class"] != "(macro)"]
+    classes = list(dict.fromkeys(table["class"]))
+    arms = sorted(table["arm"].unique())
+    width = 0.8 / len(arms)
+    fig, ax = plt.subplots(figsize=(1.8 * len(classes) + 3, 3.8))
+    for i, arm in enumerate(arms):
+        sub = table[table["arm"] == arm].set_index("class").loc[classes]
+        xs = np.arange(len(classes)) + (i - (len(arms) - 1) / 2) * width
+        err = np.vstack([sub["f1"] - sub["f1_lo"], sub["f1_hi"] - sub["f1"]]).clip(min=0)
+        ax.bar(xs, sub["f1"], width, yerr=err, capsize=2, label=arm)
+    ax.set_xticks(np.arange(len(classes)), classes)
+    ax.set_ylabel("test F1")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.set_title("Per-class F1 by arm (mean over seeds, 95% bootstrap interval)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_confusions(results: list[dict], class_names_: list[str], path) -> None:
+    """Row-normalised test confusion matrix per arm, summed over seeds."""
+    plt = _plt()
+    arms = sorted({r["arm"] for r in results})
+    cols = min(4, len(arms))
+    rows = int(np.ceil(len(arms) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, arm in zip(axes.flat, arms):
+        cm = sum(np.asarray(r["confusion_matrix"], float) for r in results if r["arm"] == arm)
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+        for (i, j), v in np.ndenumerate(norm):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
+        ax.set_xticks(range(len(class_names_)), class_names_, rotation=45, fontsize=7)
+        ax.set_yticks(range(len(class_names_)), class_names_, fontsize=7)
+        ax.set_title(arm, fontsize=9)
+    for ax in list(axes.flat)[len(arms):]:
+        ax.axis("off")
+    fig.suptitle("Test confusion (rows: true class, normalised; summed over seeds)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _fmt(x, digits=2):
+    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def summary_markdown(dataset: str, verdicts: pd.DataFrame, arm_table: pd.DataFrame, quality: pd.DataFrame | None) -> str:
+    lines = [f"# bioaug summary: {dataset}", "",
+             "## Does the GAN help? (per class, test F1, paired bootstrap over seeds and test tiles)", "",
+             "| class | GAN arm | F1 | best non-GAN arm | its F1 | difference [95% CI] | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for r in verdicts.to_dict("records"):
+        if r.get("baseline_arm") is None:
+            lines.append(f"| {r['class']} | {r['gan_arm']} | | | | | {r['verdict']} |")
+            continue
+        lines.append(f"| {r['class']} | {r['gan_arm']} | {_fmt(r['gan_f1'])} | {r['baseline_arm']} | "
+                     f"{_fmt(r['baseline_f1'])} | {r['difference']:+.2f} [{r['diff_lo']:+.2f}, {r['diff_hi']:+.2f}] | "
+                     f"**{r['verdict']}** |")
+    lines += ["", "## F1 per arm and class (mean over seeds [95% CI]), and compute time", "",
+              "| arm | " + " | ".join(dict.fromkeys(arm_table["class"])) + " | seconds per model |",
+              "|---|" + "---|" * (arm_table["class"].nunique() + 1)]
+    for arm, sub in arm_table.groupby("arm", sort=True):
+        cells = [f"{_fmt(r['f1'])} [{_fmt(r['f1_lo'])}, {_fmt(r['f1_hi'])}]" for r in sub.to_dict("records")]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {sub['mean_seconds_per_model'].iloc[0]:.0f} |")
+    if quality is not None:
+        lines += ["", "## GAN quality (feature space of a classifier trained on real train tiles)", "",
+                  quality.to_markdown(index=False, floatfmt=".3f") if hasattr(quality, "to_markdown") else quality.to_string()]
+    lines += ["", "Verdict: *helps* / *hurts* when the 95% interval of the F1 difference excludes 0, "
+              "else *no evidence*. The baseline per class is the non-GAN arm with the highest mean test F1 "
+              "(a choice that favours the baseline).", ""]
+    return "\n".join(lines)
+
+
+def write_report(*, metric_jsons, items: pd.DataFrame, shard_npys, balanced_dir, gan_log, outputs: dict,
+                 quality_csv=None, dataset: str = "", n_boot: int = 1000) -> None:
+    from .stats import summarise_arms
+
+    names = class_names(items)
+    results = [json.loads(Path(p).read_text()) for p in metric_jsons]
     summary = summarise(metric_jsons)
     with atomic_path(outputs["summary"]) as tmp:
         summary.to_csv(tmp, index=False)
+    arm_table, verdicts = summarise_arms(results, names, n_boot=n_boot)
+    with atomic_path(outputs["arm_summary"]) as tmp:
+        arm_table.to_csv(tmp, index=False)
+    with atomic_path(outputs["verdicts"]) as tmp:
+        verdicts.to_csv(tmp, index=False)
+    quality = pd.read_csv(quality_csv) if quality_csv else None
+    with atomic_path(outputs["markdown"]) as tmp:
+        tmp.write_text(summary_markdown(dataset, verdicts, arm_table, quality))
     log.info("summary by arm (mean over seeds):\n%s",
              by_arm(summary)[["arm", "balanced_accuracy_mean", "macro_f1_mean"]].to_string(index=False))
+    if len(verdicts):
+        log.info("verdicts:\n%s", verdicts.to_string(index=False))
     plot_recall_by_arm(summary, outputs["recall"])
+    plot_f1_with_intervals(arm_table, outputs["f1"])
+    plot_confusions(results, names, outputs["confusion"])
     plot_gan_losses(pd.read_csv(gan_log), outputs["losses"])
     plot_real_vs_synthetic(items, shard_npys, balanced_dir, outputs["grid"])

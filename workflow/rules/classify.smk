@@ -1,4 +1,4 @@
-"""classify: one job per (arm, seed), scored on the real test split."""
+"""classify: one job per (arm, seed), scored on the real test split; the feature classifier."""
 
 
 rule classify:
@@ -14,3 +14,19 @@ rule classify:
         "../../envs/bioaug.yaml"
     script:
         "../scripts/classify.py"
+
+
+rule feature_classifier:
+    input:
+        items_csv="results/{dataset}/items.csv",
+        shards=shard_npys,
+    output:
+        directory("results/{dataset}/feature_classifier"),
+    params:
+        gan_quality=lambda w: config["gan_quality"],
+    log:
+        "logs/{dataset}/feature_classifier.log",
+    conda:
+        "../../envs/bioaug.yaml"
+    script:
+        "../scripts/feature_classifier.py"

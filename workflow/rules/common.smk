@@ -2,12 +2,15 @@
 
 import pandas as pd
 
+import re
+
 from bioaug.config import check_config, dataset_section, safe_name
+from bioaug.evaluate import ARMS
 
 check_config(config)
 
 DATASETS = list(config["datasets"])
-ARM_PATTERN = "real|real\\+gan"
+ARM_PATTERN = "|".join(re.escape(arm) for arm in ARMS)
 
 
 wildcard_constraints:
@@ -72,9 +75,13 @@ def synthetic_npys(wildcards):
 
 
 def classify_inputs(wildcards):
+    """Each arm reads only what it trains on, so a GAN change never reruns the real arms."""
     inputs = {"items_csv": f"results/{wildcards.dataset}/items.csv", "shards": shard_npys(wildcards)}
-    if "gan" in wildcards.arm:
+    data = ARMS[wildcards.arm]["data"]
+    if data == "balanced":
         inputs["balanced"] = f"results/{wildcards.dataset}/balanced"
+    elif data == "synthetic":
+        inputs["synthetic"] = synthetic_npys(wildcards)
     return inputs
 
 
@@ -94,6 +101,6 @@ def all_outputs():
         for out in (
             f"results/{ds}/balanced",
             f"results/{ds}/summary.csv",
-            f"results/{ds}/report/recall_by_arm.png",
+            f"results/{ds}/summary.md",
         )
     ]

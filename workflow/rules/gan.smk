@@ -58,3 +58,33 @@ rule balance:
         "../../envs/bioaug.yaml"
     script:
         "../scripts/balance.py"
+
+
+rule gan_quality:
+    input:
+        feature_classifier="results/{dataset}/feature_classifier",
+        items_csv="results/{dataset}/items.csv",
+        shards=shard_npys,
+        synthetic=synthetic_npys,
+    output:
+        quality=report(
+            "results/{dataset}/gan_quality.csv",
+            caption="../report/gan_quality.rst",
+            category="GAN",
+            labels={"dataset": "{dataset}", "table": "GAN quality per class"},
+        ),
+        memorisation="results/{dataset}/memorisation.csv",
+        pairs=report(
+            "results/{dataset}/report/closest_pairs.png",
+            caption="../report/closest_pairs.rst",
+            category="GAN",
+            labels={"dataset": "{dataset}", "figure": "closest synthetic/real pairs"},
+        ),
+    params:
+        max_per_class=lambda w: config["gan_quality"]["max_per_class"],
+    log:
+        "logs/{dataset}/gan_quality.log",
+    conda:
+        "../../envs/bioaug.yaml"
+    script:
+        "../scripts/gan_quality.py"

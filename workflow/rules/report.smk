@@ -1,4 +1,4 @@
-"""report: summary table and figures per dataset, also shown in `snakemake --report`."""
+"""report: tables, verdicts and figures per dataset, also shown in `snakemake --report`."""
 
 
 rule report:
@@ -8,18 +8,44 @@ rule report:
         shards=shard_npys,
         balanced="results/{dataset}/balanced",
         gan_log="results/{dataset}/gan/train_log.csv",
+        quality="results/{dataset}/gan_quality.csv",
     output:
         summary=report(
             "results/{dataset}/summary.csv",
             caption="../report/summary.rst",
             category="Classifier",
-            labels={"dataset": "{dataset}", "table": "summary per arm and seed"},
+            labels={"dataset": "{dataset}", "table": "metrics per arm and seed"},
         ),
+        arm_summary=report(
+            "results/{dataset}/arm_summary.csv",
+            caption="../report/arm_summary.rst",
+            category="Classifier",
+            labels={"dataset": "{dataset}", "table": "per class and arm, with intervals"},
+        ),
+        verdicts=report(
+            "results/{dataset}/verdicts.csv",
+            caption="../report/verdicts.rst",
+            category="Verdict",
+            labels={"dataset": "{dataset}", "table": "does the GAN help, per class"},
+        ),
+        markdown="results/{dataset}/summary.md",
         recall=report(
             "results/{dataset}/report/recall_by_arm.png",
             caption="../report/recall_by_arm.rst",
             category="Classifier",
             labels={"dataset": "{dataset}", "figure": "per-class recall by arm"},
+        ),
+        f1=report(
+            "results/{dataset}/report/f1_by_arm.png",
+            caption="../report/f1_by_arm.rst",
+            category="Classifier",
+            labels={"dataset": "{dataset}", "figure": "per-class F1 by arm, with intervals"},
+        ),
+        confusion=report(
+            "results/{dataset}/report/confusion.png",
+            caption="../report/confusion.rst",
+            category="Classifier",
+            labels={"dataset": "{dataset}", "figure": "confusion matrices"},
         ),
         grid=report(
             "results/{dataset}/report/real_vs_synthetic.png",
@@ -33,6 +59,8 @@ rule report:
             category="GAN",
             labels={"dataset": "{dataset}", "figure": "GAN losses"},
         ),
+    params:
+        report=lambda w: config.get("report", {}),
     log:
         "logs/{dataset}/report.log",
     conda:

@@ -12,6 +12,7 @@ with stage(snakemake, uses_jax=True):
     result = run_arm(
         snakemake.wildcards.arm, int(snakemake.wildcards.seed), items, snakemake.input.shards,
         snakemake.params.classifier, balanced_dir=snakemake.input.get("balanced"),
+        synthetic_npys=snakemake.input.get("synthetic", []),
     )
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(json.dumps(result, indent=2))

@@ -12,5 +12,8 @@ with stage(snakemake):
         shard_npys=snakemake.input.shards,
         balanced_dir=snakemake.input.balanced,
         gan_log=snakemake.input.gan_log,
+        quality_csv=snakemake.input.quality,
         outputs=dict(snakemake.output.items()),
+        dataset=snakemake.wildcards.dataset,
+        n_boot=snakemake.params.report.get("bootstrap", 1000),
     )

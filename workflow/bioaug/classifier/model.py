@@ -70,8 +70,15 @@ class SmallCNN(nnx.Module):
         instead of the module's own RNG stream — the pure/jitted training step uses it so
         all randomness comes from explicit keys.
         """
-        for block in self.blocks:
-            x = block(x)
-        x = jnp.mean(x, axis=(1, 2))  # global average pool
+        x = self.features(x)
         x = self.dropout(x, rngs=dropout_key)
         return self.head(x)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """Penultimate-layer features (after global average pooling), shape (N, channels[-1]).
+
+        This is the domain feature space of the GAN quality metrics and the memorisation audit.
+        """
+        for block in self.blocks:
+            x = block(x)
+        return jnp.mean(x, axis=(1, 2))

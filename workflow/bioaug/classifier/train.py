@@ -79,7 +79,54 @@ class TrainedClassifier:
         return np.asarray(proba)
 
 
+    def features(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Penultimate-layer features of the selected model, shape (N, channels[-1])."""
+        x = np.asarray(x, np.float32)
+        out = [np.asarray(_features_batch(self.graphdef, self.state, jnp.asarray(x[i:i + batch_size])))
+               for i in range(0, len(x), batch_size)]
+        width = self.to_module().channels[-1]
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+    def save(self, directory) -> None:
+        """Write the selected model to `directory` (meta.json + state.npz), atomically."""
+        import json
+        from pathlib import Path
+
+        from ..runtime import atomic_path
+
+        module = self.to_module()
+        leaves = jax.tree.leaves(nnx.state(module, (nnx.Param, nnx.BatchStat)))  # weights, not RNG keys
+        with atomic_path(directory) as tmp:
+            Path(tmp).mkdir()
+            np.savez(Path(tmp) / "state.npz", *[np.asarray(v) for v in leaves])
+            meta = {"in_channels": module.in_channels, "n_classes": module.n_classes, "channels": list(module.channels),
+                    "class_names": self.class_names, "best_epoch": self.best_epoch, "history": self.history}
+            (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_classifier(directory) -> TrainedClassifier:
+    """Read a model written by TrainedClassifier.save."""
+    import json
+    from pathlib import Path
+
+    meta = json.loads((Path(directory) / "meta.json").read_text())
+    model = _init_model(meta["in_channels"], meta["n_classes"], tuple(meta["channels"]), jax.random.key(0))
+    model.eval()
+    weights = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    with np.load(Path(directory) / "state.npz") as z:
+        leaves = [jnp.asarray(z[f"arr_{i}"]) for i in range(len(z.files))]
+    nnx.update(model, jax.tree.unflatten(jax.tree.structure(weights), leaves))
+    graphdef, state = nnx.split(model)
+    return TrainedClassifier(graphdef=graphdef, state=state, class_names=meta["class_names"],
+                             best_epoch=meta["best_epoch"], history=meta.get("history", []))
+
+
 # ------------------------------------------------------------------------ jitted pieces
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _features_batch(graphdef, state, x):
+    return nnx.merge(graphdef, state, copy=True).features(x)
 
 
 @functools.partial(nnx.jit, static_argnums=(0, 1, 2))

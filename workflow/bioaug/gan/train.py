@@ -62,7 +62,6 @@ def _structural(cfg: GanConfig) -> GanConfig:
 def _graphdefs_and_init(cfg: GanConfig):
     g_abs, d_abs = nnx.eval_shape(lambda: build_networks(cfg, jax.random.key(0)))
     g_def, d_def = nnx.graphdef(g_abs), nnx.graphdef(d_abs)
-    has_sn = bool(nnx.to_pure_dict(nnx.state(d_abs, SpectralU)))
     tx_g, tx_d = make_optimizers(cfg)
 
     @jax.jit
@@ -84,8 +83,6 @@ def _graphdefs_and_init(cfg: GanConfig):
             "nonfinite": jnp.full((), -1, jnp.int32),  # first step with a non-finite loss
             "metrics": jnp.zeros((5,), jnp.float32),   # sums of d_loss, g_loss, d_real, d_fake; count
         }
-        if not has_sn:
-            del state["d"]["sn"]  # Orbax does not store empty subtrees
         return state
 
     return g_def, d_def, init
@@ -155,7 +152,7 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray):
         k_fake_d, k_aug_d, k_fake_g, k_aug_g = jax.random.split(key, 4)
         real = real_x * 2.0 - 1.0
         g_params, g_stats = state["g"]["params"], state["g"]["batch_stats"]
-        d_params, sn = state["d"]["params"], state["d"].get("sn", {})
+        d_params, sn = state["d"]["params"], state["d"]["sn"]  # sn is {} without spectral norm
 
         # ---- D update: real and fake in one batch (D has no batch-dependent layers).
         z, yf = draw(k_fake_d, b)
@@ -189,10 +186,9 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray):
         finite = jnp.isfinite(d_loss) & jnp.isfinite(g_loss)
         nonfinite = jnp.where((state["nonfinite"] < 0) & ~finite, step_no, state["nonfinite"])
         metrics = state["metrics"] + jnp.stack([d_loss, g_loss, d_real, d_fake, jnp.float32(1)])
-        d_state = {"params": d_params, "sn": sn} if "sn" in state["d"] else {"params": d_params}
         return {
             "g": {"params": g_params, "batch_stats": g_stats},
-            "d": d_state,
+            "d": {"params": d_params, "sn": sn},
             "opt_g": opt_g,
             "opt_d": opt_d,
             "ema": ema,

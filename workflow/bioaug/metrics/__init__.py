@@ -1,8 +1,11 @@
-"""Metric registry: name -> function scoring one split.
+"""Metric registry: every metric its own module, looked up by name.
 
-``METRICS["classification"]`` is :func:`classification_metrics`
-(``(y_true, y_pred, proba, class_names) -> dict``). Look metrics up with
-:func:`get_metric`, which names the known metrics when asked for an unknown one.
+  classification      (y_true, y_pred, proba, class_names) -> dict     classification.py
+  fid, kid            (features_a, features_b) -> float                 frechet.py
+  precision_recall    (real, fake, k=3) -> {precision, recall}          manifold.py
+  density_coverage    (real, fake, k=5) -> {density, coverage}          manifold.py
+  memorisation        (train, test, synthetic) -> audit dict            memorisation.py
+Look metrics up with :func:`get_metric`, which names the known ones when asked for another.
 """
 
 from __future__ import annotations
@@ -10,9 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .classification import classification_metrics
+from .frechet import fid, kid
+from .manifold import density_coverage, precision_recall
+from .memorisation import memorisation_audit
 
 METRICS: dict[str, Callable] = {
     "classification": classification_metrics,
+    "fid": fid,
+    "kid": kid,
+    "precision_recall": precision_recall,
+    "density_coverage": density_coverage,
+    "memorisation": memorisation_audit,
 }
 
 

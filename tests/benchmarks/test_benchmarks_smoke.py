@@ -1,0 +1,51 @@
+"""Smoke test of the benchmark scripts: each runs with --small and prints sane figures.
+
+No timing thresholds (the figures depend on the machine and its load): only that each
+script exits 0 and that its final JSON line holds the expected keys as positive, finite
+numbers. About 30 s in all on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+pytestmark = pytest.mark.slow
+
+EXPECTED = {
+    "bench_tiling.py": ["n_files", "n_tiles", "read_s", "tile_s", "read_files_per_s", "tile_files_per_s",
+                        "tiles_per_s", "ratio"],
+    "bench_large_tiff.py": ["side", "image_mb", "baseline_rss_mb", "points_rss_mb", "points_wall_s",
+                            "points_n_tiles", "window_rss_mb", "window_wall_s", "window_n_tiles",
+                            "window_sparse_rss_mb", "window_sparse_n_tiles"],
+    "bench_dag.py": ["n_images", "n_items", "setup_s", "dag_s", "startup_s", "jobs_total", "tile_jobs"],
+}
+
+
+def run_small(script: str) -> dict:
+    proc = subprocess.run([sys.executable, str(HERE / script), "--small"], cwd=REPO, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, f"{script} --small failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert lines, f"{script} printed nothing"
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_benchmark_small(script):
+    res = run_small(script)
+    for key in EXPECTED[script]:
+        assert key in res, f"{script}: key {key!r} missing from {sorted(res)}"
+        value = res[key]
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{script}: {key}={value!r}"
+        assert math.isfinite(value) and value > 0, f"{script}: {key}={value!r} is not a positive finite number"
+    if script == "bench_dag.py":  # the property the benchmark is about: one tile job per shard
+        assert res["tile_jobs"] == math.ceil(res["n_images"] / res["shard_size"]), res["jobs"]
