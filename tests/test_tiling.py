@@ -91,3 +91,33 @@ def test_shards_and_roundtrip(tmp_path):
     assert class_names(items) == ["a", "b"]
     with pytest.raises(BioaugError, match="no tiles"):
         load_tiles([tmp_path / "shard-00000.npy"], items.assign(split="val").iloc[:0], splits=("val",))
+
+
+def test_histogram_percentiles_equal_numpy():
+    from bioaug.tiling import percentile_stats
+
+    rng = np.random.default_rng(3)
+    for dtype, hi in ((np.uint8, 255), (np.uint16, 60000)):
+        img = rng.integers(0, hi, (37, 41, 2)).astype(dtype)
+        low, high = percentile_stats(img, 1.0, 99.8)
+        ref = np.percentile(img.reshape(-1, 2).astype(np.float64), [1.0, 99.8], axis=0)
+        np.testing.assert_allclose(low, ref[0], rtol=1e-6)
+        np.testing.assert_allclose(high, ref[1], rtol=1e-6)
+
+
+def test_streamed_shard_equals_in_memory_tiles(tmp_path):
+    from bioaug.tiling import tile_shard
+
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"f{i}.tif", rng.integers(0, 4000, (2, 40, 40), dtype=np.uint16),
+                         photometric="minisblack", metadata={"axes": "CYX"})
+    index = pd.DataFrame({"item_id": [f"it{i}" for i in range(6)], "image": [f"f{i // 2}.tif" for i in range(6)],
+                          "group": 0, "label": "a", "kind": "point", "x": [5.0, 30.0] * 3, "y": 20.0})
+    cfg = {"size": 16, "channels": None, "percentiles": [1, 99]}
+    tiles, meta, norm = tile_images(tmp_path, index, ["f0.tif", "f1.tif", "f2.tif"], cfg)
+    assert tile_shard(tmp_path, index, ["f0.tif", "f1.tif", "f2.tif"], cfg, tmp_path / "out" / "shard-00000.npy") == 6
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "shard-00000.npy"), tiles)
+    assert pd.read_csv(tmp_path / "out" / "shard-00000.csv")["tile_id"].tolist() == meta["tile_id"].tolist()
+    assert len(pd.read_csv(tmp_path / "out" / "shard-00000.norm.csv")) == len(norm) == 6
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["shard-00000.csv", "shard-00000.norm.csv", "shard-00000.npy"]

@@ -130,7 +130,10 @@ def read_class_folders(root: Path, cfg: dict) -> pd.DataFrame:
         for f in sorted(folder.rglob("*")):
             if f.is_file() and not f.name.startswith("."):
                 ref = str(f.relative_to(root))
-                rows.append({"source": ref, "image": ref, "label": folder.name})
+                row = {"source": ref, "image": ref, "label": folder.name}
+                if f.suffix.lower() not in IMAGE_SUFFIXES:
+                    row["unused"] = f"not an image file ({f.suffix or 'no suffix'})"
+                rows.append(row)
     if not rows:
         raise BioaugError(f"{base}: no class folders with files (expected <root>/<class>/*.tif|png|jpg)")
     return pd.DataFrame(rows).assign(kind="window")
@@ -214,7 +217,7 @@ def index_dataset(root: str | Path, dataset_cfg: dict, tiles: dict | None = None
         raise BioaugError(f"annotations: required for format {fmt!r}")
     bad = BadInputs(dataset_cfg.get("on_bad_input", "error"))
     table = READERS[fmt](root, dataset_cfg)
-    for col in ["error", "group", "x", "y", *BOX_COLUMNS]:
+    for col in ["error", "unused", "group", "x", "y", *BOX_COLUMNS]:
         if col not in table.columns:
             table[col] = np.nan
     table["label"] = table["label"].fillna("").astype(str).str.strip()
@@ -226,6 +229,9 @@ def index_dataset(root: str | Path, dataset_cfg: dict, tiles: dict | None = None
         row = row._asdict()
         if isinstance(row["error"], str):
             bad(row["source"], row["error"])
+            continue
+        if isinstance(row["unused"], str):
+            bad.unused(row["source"], row["unused"])
             continue
         if not row["label"]:
             bad(row["source"], "no class label")

@@ -45,9 +45,9 @@ class ImageSource:
         h, w, c = self.array.shape
         return h, w, len(self.channels) if self.channels is not None else c
 
-    def _select(self, arr: np.ndarray) -> np.ndarray:
+    def _select(self, arr: np.ndarray, raw: bool = False) -> np.ndarray:
         arr = arr[..., self.channels] if self.channels is not None else arr
-        return np.asarray(arr, dtype=np.float32)
+        return np.asarray(arr) if raw else np.asarray(arr, dtype=np.float32)
 
     def region(self, top: int, left: int, height: int, width: int) -> np.ndarray:
         """Pixels [top, top+height) x [left, left+width); parts outside the image are
@@ -66,11 +66,12 @@ class ImageSource:
     def read(self) -> np.ndarray:
         return self._select(self.array[:, :])
 
-    def sample(self, max_pixels: int = STATS_SAMPLE_PIXELS) -> np.ndarray:
-        """The whole image, or a regular strided sample of it when it is large."""
+    def sample(self, max_pixels: int = STATS_SAMPLE_PIXELS, raw: bool = False) -> np.ndarray:
+        """The whole image, or a regular strided sample of it when it is large
+        (in the file's own dtype when `raw`, else float32)."""
         h, w, _ = self.array.shape
         k = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
-        return self._select(self.array[::k, ::k])
+        return self._select(self.array[::k, ::k], raw=raw)
 
 
 class MappedTiff:
@@ -160,10 +161,11 @@ def validate_image(path: str | Path, channels: list[int] | None = None) -> tuple
     src = open_image(path, channels)
     h, w, c = src.shape
     rows = max(1, VALIDATE_STRIP_PIXELS // max(w, 1))
+    floating = np.issubdtype(src.array.dtype, np.floating)
     try:
         for top in range(0, h, rows):
-            strip = src._select(src.array[top:top + rows])
-            if not np.isfinite(strip).all():
+            strip = src._select(src.array[top:top + rows], raw=True)  # reading it finds truncation
+            if floating and not np.isfinite(strip).all():
                 raise BioaugError(f"{path}: contains NaN or infinite pixel values")
     except BioaugError:
         raise
@@ -189,12 +191,9 @@ def _read_tiff(path: Path) -> np.ndarray:
         axes, shape = series.axes.replace("I", "C").replace("Q", "C"), series.shape
         page = series.pages[0] if len(series.pages) else None
         contiguous = page is not None and len(series.pages) == 1 and page.is_contiguous and page.is_memmappable
-        offset = page.dataoffsets[0] if contiguous else None
-        dtype = page.dtype if contiguous else None
-    if contiguous and axes in ("YX", "YXS"):
-        return MappedTiff(path, offset, tuple(shape), dtype)  # nothing read yet
-    else:
-        arr = tifffile.imread(path, series=0)
+        if contiguous and axes in ("YX", "YXS"):
+            return MappedTiff(path, page.dataoffsets[0], tuple(shape), page.dtype)  # nothing read yet
+        arr = series.asarray()
     return _to_hwc(arr, axes, shape, path)
 
 

@@ -12,6 +12,7 @@ re-tile anything.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,49 @@ def write_shard(npy_path, tiles: np.ndarray, meta: pd.DataFrame, norm: pd.DataFr
         meta.to_csv(tmp, index=False)
     with atomic_path(npy) as tmp:
         np.save(tmp, tiles.astype(np.float32, copy=False))
+
+
+class ShardWriter:
+    """Write a shard tile by tile: tiles go to a scratch file as they come, and the .npy is
+    assembled in chunks at the end, so memory never holds the whole shard."""
+
+    def __init__(self, npy_path, tile_hw: tuple[int, int]):
+        self.npy_path = Path(npy_path)
+        self.tile_hw = tuple(tile_hw)
+        self.n, self.channels, self.meta = 0, None, []
+        self.npy_path.parent.mkdir(parents=True, exist_ok=True)
+        self._raw_path = self.npy_path.with_name(f".{self.npy_path.name}.raw")
+        self._raw = open(self._raw_path, "wb")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._raw.close()
+        self._raw_path.unlink(missing_ok=True)
+
+    def add(self, tiles: np.ndarray, meta_rows: list[dict]) -> None:
+        if self.channels is None:
+            self.channels = tiles.shape[-1]
+        self._raw.write(np.ascontiguousarray(tiles, dtype=np.float32).tobytes())
+        self.meta.extend(meta_rows)
+        self.n += len(tiles)
+
+    def finish(self, norm: pd.DataFrame) -> None:
+        self._raw.close()
+        shape = (self.n, *self.tile_hw, self.channels or 1)
+        npy, csv, norm_csv = shard_files(self.npy_path)
+        with atomic_path(norm_csv) as tmp:
+            norm.to_csv(tmp, index=False)
+        with atomic_path(csv) as tmp:
+            pd.DataFrame(self.meta, columns=["tile_id", "item_id", "label", "image"]).to_csv(tmp, index=False)
+        with atomic_path(npy) as tmp:
+            # .npy header, then the raw bytes copied through a small buffer: no memory map,
+            # whose touched pages would count as resident memory.
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": shape}
+            with open(tmp, "wb") as out, open(self._raw_path, "rb") as raw:
+                np.lib.format.write_array_header_1_0(out, header)
+                shutil.copyfileobj(raw, out, length=16 * 1024 * 1024)
 
 
 def load_tiles(shard_npys, items: pd.DataFrame, splits=("train",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:

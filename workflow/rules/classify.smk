@@ -8,6 +8,10 @@ rule classify:
         "results/{dataset}/classify/{arm}/seed-{seed}.json",
     params:
         classifier=classifier_params,
+    threads: rule_threads("classify")
+    resources:
+        **rule_resources("classify"),
+    group: "classify"
     log:
         "logs/{dataset}/classify-{arm}-{seed}.log",
     conda:
@@ -24,6 +28,9 @@ rule feature_classifier:
         directory("results/{dataset}/feature_classifier"),
     params:
         gan_quality=lambda w: config["gan_quality"],
+    threads: rule_threads("feature_classifier")
+    resources:
+        **rule_resources("feature_classifier"),
     log:
         "logs/{dataset}/feature_classifier.log",
     conda:

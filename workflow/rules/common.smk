@@ -20,6 +20,42 @@ wildcard_constraints:
     shard=r"\d+",
 
 
+# What each rule asks a cluster scheduler for, in one place (the rules' `threads:` and
+# `resources:` read it). Sized for the default config.yaml and datasets up to ~10k images;
+# override per rule without editing this from a profile or the command line, e.g.
+#   --set-resources train_gan:mem_mb=32000 train_gan:runtime=1440 generate:gpu=0
+#   --set-threads train_gan=16
+# Local runs: threads are capped at --cores; mem_mb, runtime and gpu only limit anything
+# when given to --resources (a plain `snakemake --cores N` runs train_gan with gpu=1 fine).
+# gpu is Snakemake's standard GPU resource (the SLURM plugin turns it into --gpus=N); JAX
+# uses the GPU when the CUDA requirements are installed, else the CPU.
+# runtime is in minutes. Small jobs (tile, generate, classify) also form groups (see
+# `group:` in the rules and group-components in workflow/profiles/slurm/config.yaml).
+RESOURCES = {
+    "download": {"mem_mb": 2000, "runtime": 60},
+    "index": {"mem_mb": 4000, "runtime": 60},
+    "split": {"mem_mb": 2000, "runtime": 10},
+    "tile": {"threads": 1, "mem_mb": 4000, "runtime": 15},
+    "train_gan": {"threads": 8, "gpu": 1, "mem_mb": 16000, "runtime": 720},
+    "generate": {"threads": 1, "gpu": 1, "mem_mb": 8000, "runtime": 20},
+    "balance": {"mem_mb": 8000, "runtime": 60},
+    "feature_classifier": {"threads": 1, "mem_mb": 8000, "runtime": 120},
+    "gan_quality": {"threads": 1, "mem_mb": 8000, "runtime": 60},
+    "classify": {"threads": 1, "mem_mb": 8000, "runtime": 60},
+    "report": {"mem_mb": 4000, "runtime": 30},
+}
+
+
+def rule_threads(rule):
+    """threads: of `rule` from RESOURCES (1 unless given); capped at --cores when running."""
+    return RESOURCES[rule].get("threads", 1)
+
+
+def rule_resources(rule):
+    """resources: of `rule` from RESOURCES (everything but threads)."""
+    return {k: v for k, v in RESOURCES[rule].items() if k != "threads"}
+
+
 def section(name):
     """params: the `name` config section of the rule's dataset (with its overrides)."""
     return lambda wildcards: dataset_section(config, wildcards.dataset, name)

@@ -6,6 +6,9 @@ rule download:
         directory("resources/datasets/{dataset}"),
     params:
         source=source_params,
+    threads: rule_threads("download")
+    resources:
+        **rule_resources("download"),
     log:
         "logs/{dataset}/download.log",
     conda:
@@ -23,6 +26,9 @@ checkpoint index:
     params:
         reading=reading_params,
         tiles=index_tile_params,
+    threads: rule_threads("index")
+    resources:
+        **rule_resources("index"),
     log:
         "logs/{dataset}/index.log",
     conda:
@@ -38,6 +44,9 @@ rule split:
         "results/{dataset}/items.csv",
     params:
         split=section("split"),
+    threads: rule_threads("split")
+    resources:
+        **rule_resources("split"),
     log:
         "logs/{dataset}/split.log",
     conda:
@@ -54,6 +63,10 @@ rule tile:
         "results/{dataset}/tiles/shard-{shard}.npy",
     params:
         tiles=section("tiles"),
+    threads: rule_threads("tile")
+    resources:
+        **rule_resources("tile"),
+    group: "tiles"
     log:
         "logs/{dataset}/tile-{shard}.log",
     conda:

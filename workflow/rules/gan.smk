@@ -19,7 +19,9 @@ rule train_gan:
         # Checkpoints live outside the declared outputs, so Snakemake does not delete a
         # failed or killed job's progress; the next attempt resumes from them.
         checkpoint_root="results/{dataset}/gan/checkpoints",
-    threads: workflow.cores
+    threads: rule_threads("train_gan")
+    resources:
+        **rule_resources("train_gan"),
     log:
         "logs/{dataset}/train_gan.log",
     conda:
@@ -37,6 +39,10 @@ rule generate:
     params:
         balance=section("balance"),
         generate=section("generate"),
+    threads: rule_threads("generate")
+    resources:
+        **rule_resources("generate"),
+    group: "generate"
     log:
         "logs/{dataset}/generate-{cls}.log",
     conda:
@@ -52,6 +58,9 @@ rule balance:
         synthetic=synthetic_npys,
     output:
         directory("results/{dataset}/balanced"),
+    threads: rule_threads("balance")
+    resources:
+        **rule_resources("balance"),
     log:
         "logs/{dataset}/balance.log",
     conda:
@@ -82,6 +91,9 @@ rule gan_quality:
         ),
     params:
         max_per_class=lambda w: config["gan_quality"]["max_per_class"],
+    threads: rule_threads("gan_quality")
+    resources:
+        **rule_resources("gan_quality"),
     log:
         "logs/{dataset}/gan_quality.log",
     conda:

@@ -61,6 +61,9 @@ rule report:
         ),
     params:
         report=lambda w: config.get("report", {}),
+    threads: rule_threads("report")
+    resources:
+        **rule_resources("report"),
     log:
         "logs/{dataset}/report.log",
     conda:
