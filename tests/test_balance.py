@@ -61,3 +61,40 @@ def test_write_balanced(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "balanced" / real_b["path"]), tiles[3])
     x, m = read_balanced(tmp_path / "balanced")
     assert x.shape == (6, 8, 8, 2) and m["seed"].dropna().astype(int).tolist() == [11, 12]
+
+
+class FakeGenerator:
+    """Stands in for a trained generator: class c, seed s -> a tile filled with (s % 100) / 100."""
+
+
+def test_selective_synthesis_keeps_confident_tiles_until_target(tmp_path, monkeypatch):
+    import json
+
+    import bioaug.gan as gan
+    from bioaug.generate import generate_class
+
+    gen_dir = tmp_path / "gen"
+    gen_dir.mkdir()
+    (gen_dir / "generator.json").write_text(json.dumps({"class_names": ["a", "b"], "tile_size": 4, "out_channels": 1, "step": 7}))
+    monkeypatch.setattr(gan, "load_generator", lambda d: FakeGenerator())
+    monkeypatch.setattr(gan, "sample_tiles", lambda g, c, seeds, batch_size: np.stack(
+        [np.full((4, 4, 1), (s % 100) / 100, np.float32) for s in seeds]))
+
+    class Filter:  # confident about its class only for bright tiles
+        def predict_proba(self, x):
+            p = x.reshape(len(x), -1).mean(1)
+            return np.stack([1 - p, p], axis=1)
+
+    items = items_table({"a": 20, "b": 5})
+    cfg = {"batch_size": 8, "seed": 0, "min_confidence": 0.5, "max_draws_factor": 4}
+    summary = generate_class(gen_dir, items, "b", {"target": "max_class", "count": None}, cfg, tmp_path / "b.npy",
+                             filter_classifier=Filter())
+    tiles, meta = np.load(tmp_path / "b.npy"), pd.read_csv(tmp_path / "b.csv")
+    assert summary["target"] == 20 and summary["generated"] == len(tiles) == len(meta) == 20
+    assert (tiles.reshape(20, -1).mean(1) >= 0.5).all() and (meta["filter_confidence"] >= 0.5).all()
+    assert 0.3 < summary["acceptance_rate"] < 0.7 and summary["drawn"] > 20
+    assert meta["used_for_balance"].sum() == 15  # 20 target - 5 real
+    # an impossible threshold stops at the cap and records the shortfall
+    summary = generate_class(gen_dir, items, "b", {"target": "max_class", "count": None}, {**cfg, "min_confidence": 1.01},
+                             tmp_path / "b2.npy", filter_classifier=Filter())
+    assert summary["generated"] == 0 and summary["drawn"] == 80 and summary["short_by"] == 20

@@ -47,8 +47,16 @@ def tile_seeds(seed: int, class_index: int, n: int) -> np.ndarray:
 
 
 def generate_class(generator_dir: str | Path, items: pd.DataFrame, label: str, balance_cfg: dict,
-                   generate_cfg: dict, out_npy: str | Path) -> int:
-    """Write the synthetic tiles one class needs to out_npy (+ a .csv with their seeds)."""
+                   generate_cfg: dict, out_npy: str | Path, filter_classifier=None) -> dict:
+    """Write the synthetic tiles of one class to out_npy (+ .csv with their seeds, + .json
+    with the acceptance figures).
+
+    Selective synthesis (generate.min_confidence set, and a real-trained `filter_classifier`
+    given): a drawn tile is kept only if that classifier assigns it to its intended class with
+    at least that confidence; drawing goes on until the target is met or
+    generate.max_draws_factor x target tiles were drawn (then the class stays short, and the
+    shortfall is logged and recorded).
+    """
     generator_dir = Path(generator_dir)
     names = class_names(items)
     if label not in names:
@@ -60,21 +68,48 @@ def generate_class(generator_dir: str | Path, items: pd.DataFrame, label: str, b
     info = json.loads((generator_dir / "generator.json").read_text())
     if info["class_names"] != names:
         raise BioaugError(f"{generator_dir}: generator was trained on classes {info['class_names']}, items.csv has {names}")
-    seeds = tile_seeds(generate_cfg["seed"], cls, n)
+    threshold = generate_cfg.get("min_confidence")
+    if threshold is not None and filter_classifier is None:
+        raise BioaugError("generate.min_confidence is set but no filter classifier was given")
+    max_draws = n if threshold is None else int(np.ceil(n * generate_cfg.get("max_draws_factor", 4)))
+    shape = (info["tile_size"], info["tile_size"], info["out_channels"])
+    kept_tiles, kept_seeds, kept_conf, drawn = [], [], [], 0
     if n:
         from .gan import load_generator, sample_tiles
 
         gen = load_generator(generator_dir)
-        tiles = sample_tiles(gen, cls, seeds, batch_size=generate_cfg["batch_size"])
-    else:
-        tiles = np.zeros((0, info["tile_size"], info["tile_size"], info["out_channels"]), np.float32)
+        all_seeds = tile_seeds(generate_cfg["seed"], cls, max_draws)  # prefix-stable: same first tiles
+        while sum(map(len, kept_seeds)) < n and drawn < max_draws:
+            want = n - sum(map(len, kept_seeds))
+            batch = all_seeds[drawn:drawn + (want if threshold is None else max(want, generate_cfg["batch_size"]))]
+            tiles = sample_tiles(gen, cls, batch, batch_size=generate_cfg["batch_size"])
+            drawn += len(batch)
+            if threshold is None:
+                keep, conf = np.ones(len(batch), bool), np.full(len(batch), np.nan)
+            else:
+                conf = filter_classifier.predict_proba(tiles)[:, cls]
+                keep = conf >= threshold
+            kept_tiles.append(tiles[keep])
+            kept_seeds.append(batch[keep])
+            kept_conf.append(conf[keep])
+    tiles = np.concatenate(kept_tiles)[:n] if kept_tiles else np.zeros((0, *shape), np.float32)
+    seeds = np.concatenate(kept_seeds)[:n] if kept_seeds else np.zeros(0, np.int64)
+    conf = np.concatenate(kept_conf)[:n] if kept_conf else np.zeros(0)
+    k = len(seeds)
     meta = pd.DataFrame({"label": label, "seed": seeds, "checkpoint": str(generator_dir), "step": info["step"],
-                         "used_for_balance": np.arange(n) < n_balance})
+                         "used_for_balance": np.arange(k) < n_balance, "filter_confidence": conf})
+    summary = {"label": label, "n_real": int(targets.loc[label, "n_real"]), "target": n, "needed_for_balance": n_balance,
+               "generated": k, "drawn": drawn, "acceptance_rate": (k / drawn) if drawn else None,
+               "min_confidence": threshold, "short_by": max(0, n - k)}
+    if k < n:
+        log.warning("class %s: only %d of %d tiles passed the filter (min_confidence %s) in %d draws", label, k, n,
+                    threshold, drawn)
     out_npy = Path(out_npy)
+    with atomic_path(out_npy.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     with atomic_path(out_npy.with_suffix(".csv")) as tmp:
         meta.to_csv(tmp, index=False)
     with atomic_path(out_npy) as tmp:
         np.save(tmp, tiles.astype(np.float32))
-    log.info("class %s: %d real train tiles, target %d: generated %d, %d of them balance the class", label,
-             targets.loc[label, "n_real"], targets.loc[label, "target"], n, n_balance)
-    return n
+    log.info("class %s: %s", label, summary)
+    return summary

@@ -171,7 +171,8 @@ def _fmt(x, digits=2):
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
 
-def summary_markdown(dataset: str, verdicts: pd.DataFrame, arm_table: pd.DataFrame, quality: pd.DataFrame | None) -> str:
+def summary_markdown(dataset: str, verdicts: pd.DataFrame, arm_table: pd.DataFrame, quality: pd.DataFrame | None,
+                     acceptance: pd.DataFrame | None = None) -> str:
     lines = [f"# bioaug summary: {dataset}", "",
              "## Does the GAN help? (per class, test F1, paired bootstrap over seeds and test tiles)", "",
              "| class | GAN arm | F1 | best non-GAN arm | its F1 | difference [95% CI] | verdict |",
@@ -191,7 +192,10 @@ def summary_markdown(dataset: str, verdicts: pd.DataFrame, arm_table: pd.DataFra
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {sub['mean_seconds_per_model'].iloc[0]:.0f} |")
     if quality is not None:
         lines += ["", "## GAN quality (feature space of a classifier trained on real train tiles)", "",
-                  quality.to_markdown(index=False, floatfmt=".3f") if hasattr(quality, "to_markdown") else quality.to_string()]
+                  quality.to_markdown(index=False, floatfmt=".3f")]
+    if acceptance is not None and len(acceptance):
+        lines += ["", "## Synthetic tiles per class (selective synthesis: acceptance by the real-trained classifier)", "",
+                  acceptance.to_markdown(index=False, floatfmt=".3f")]
     lines += ["", "Verdict: *helps* / *hurts* when the 95% interval of the F1 difference excludes 0, "
               "else *no evidence*. The baseline per class is the non-GAN arm with the highest mean test F1 "
               "(a choice that favours the baseline).", ""]
@@ -199,7 +203,7 @@ def summary_markdown(dataset: str, verdicts: pd.DataFrame, arm_table: pd.DataFra
 
 
 def write_report(*, metric_jsons, items: pd.DataFrame, shard_npys, balanced_dir, gan_log, outputs: dict,
-                 quality_csv=None, dataset: str = "", n_boot: int = 1000) -> None:
+                 quality_csv=None, acceptance_jsons=(), dataset: str = "", n_boot: int = 1000) -> None:
     from .stats import summarise_arms
 
     names = class_names(items)
@@ -214,7 +218,8 @@ def write_report(*, metric_jsons, items: pd.DataFrame, shard_npys, balanced_dir,
         verdicts.to_csv(tmp, index=False)
     quality = pd.read_csv(quality_csv) if quality_csv else None
     with atomic_path(outputs["markdown"]) as tmp:
-        tmp.write_text(summary_markdown(dataset, verdicts, arm_table, quality))
+        acceptance = pd.DataFrame([json.loads(Path(p).read_text()) for p in acceptance_jsons])
+        tmp.write_text(summary_markdown(dataset, verdicts, arm_table, quality, acceptance))
     log.info("summary by arm (mean over seeds):\n%s",
              by_arm(summary)[["arm", "balanced_accuracy_mean", "macro_f1_mean"]].to_string(index=False))
     if len(verdicts):

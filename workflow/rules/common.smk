@@ -110,6 +110,19 @@ def synthetic_npys(wildcards):
     return [f"results/{wildcards.dataset}/synthetic/{c}.npy" for c in class_slugs(wildcards.dataset)]
 
 
+def synthetic_jsons(wildcards):
+    return [f"results/{wildcards.dataset}/synthetic/{c}.json" for c in class_slugs(wildcards.dataset)]
+
+
+def generate_inputs(wildcards):
+    """The generator; and the real-trained filter classifier when selective synthesis is on."""
+    inputs = {"generator": f"results/{wildcards.dataset}/gan/generator",
+              "items_csv": f"results/{wildcards.dataset}/items.csv"}
+    if dataset_section(config, wildcards.dataset, "generate").get("min_confidence") is not None:
+        inputs["filter_classifier"] = f"results/{wildcards.dataset}/feature_classifier"
+    return inputs
+
+
 def classify_inputs(wildcards):
     """Each arm reads only what it trains on, so a GAN change never reruns the real arms."""
     inputs = {"items_csv": f"results/{wildcards.dataset}/items.csv", "shards": shard_npys(wildcards)}

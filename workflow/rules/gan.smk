@@ -8,6 +8,7 @@ rule train_gan:
     output:
         generator=directory("results/{dataset}/gan/generator"),
         log_csv="results/{dataset}/gan/train_log.csv",
+        training_tiles="results/{dataset}/gan/training_tiles.csv",
         samples=report(
             "results/{dataset}/gan/samples.png",
             caption="../report/gan_samples.rst",
@@ -32,10 +33,11 @@ rule train_gan:
 
 rule generate:
     input:
-        generator="results/{dataset}/gan/generator",
-        items_csv="results/{dataset}/items.csv",
+        unpack(generate_inputs),
     output:
-        "results/{dataset}/synthetic/{cls}.npy",
+        tiles="results/{dataset}/synthetic/{cls}.npy",
+        seeds="results/{dataset}/synthetic/{cls}.csv",
+        acceptance="results/{dataset}/synthetic/{cls}.json",
     params:
         balance=section("balance"),
         generate=section("generate"),

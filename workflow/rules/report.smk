@@ -9,6 +9,7 @@ rule report:
         balanced="results/{dataset}/balanced",
         gan_log="results/{dataset}/gan/train_log.csv",
         quality="results/{dataset}/gan_quality.csv",
+        acceptance=synthetic_jsons,
     output:
         summary=report(
             "results/{dataset}/summary.csv",

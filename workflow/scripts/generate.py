@@ -9,5 +9,10 @@ from bioaug.runtime import stage
 with stage(snakemake, uses_jax=True):
     items = pd.read_csv(snakemake.input.items_csv)
     label = next(l for l in items["label"].astype(str).unique() if safe_name(l) == snakemake.wildcards.cls)
+    filter_clf = None
+    if snakemake.input.get("filter_classifier"):
+        from bioaug.classifier import load_classifier
+
+        filter_clf = load_classifier(snakemake.input.filter_classifier)
     generate_class(snakemake.input.generator, items, label, snakemake.params.balance,
-                   snakemake.params.generate, snakemake.output[0])
+                   snakemake.params.generate, snakemake.output.tiles, filter_classifier=filter_clf)

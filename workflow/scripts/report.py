@@ -13,6 +13,7 @@ with stage(snakemake):
         balanced_dir=snakemake.input.balanced,
         gan_log=snakemake.input.gan_log,
         quality_csv=snakemake.input.quality,
+        acceptance_jsons=snakemake.input.acceptance,
         outputs=dict(snakemake.output.items()),
         dataset=snakemake.wildcards.dataset,
         n_boot=snakemake.params.report.get("bootstrap", 1000),
