@@ -21,7 +21,8 @@ VERDICT_METRIC = "f1"
 
 def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
     """Recall, precision, F1 per class along the last axis of (..., n) label arrays."""
-    out = {m: np.zeros(y_true.shape[:-1] + (n_classes,)) for m in ("recall", "precision", "f1")}
+    shape = np.broadcast_shapes(y_true.shape, y_pred.shape)[:-1]
+    out = {m: np.zeros(shape + (n_classes,)) for m in ("recall", "precision", "f1")}
     for c in range(n_classes):
         t, p = y_true == c, y_pred == c
         tp = (t & p).sum(-1)

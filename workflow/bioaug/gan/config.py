@@ -11,6 +11,9 @@ from bioaug.runtime import BioaugError
 
 AUGMENT_POLICIES = ("color", "translation", "cutout")
 LOSSES = ("hinge", "nonsaturating")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+ADA_MAX_KIMG = 500.0      # StyleGAN2-ADA: p can go 0 -> 1 in 500k real images
+ADA_AUTO_FRACTION = 0.1   # ... or, for shorter runs, in a tenth of the run's images
 
 # Keys whose change makes an existing checkpoint unusable (the parameter shapes differ).
 ARCHITECTURE_KEYS = ("z_dim", "g_channels", "d_channels", "spectral_norm",
@@ -39,6 +42,17 @@ class GanConfig:
     checkpoint_every: int = 250
     log_every: int = 50
     seed: int = 0
+    # Adaptive augmentation (StyleGAN2-ADA heuristic applied to DiffAugment).
+    ada: bool = False                 # false: DiffAugment on every image (p = 1)
+    augment_p: float = 0.0            # initial augmentation probability when ada is on
+    ada_target: float = 0.6           # target of r_t = E[sign(D(real))]
+    ada_interval: int = 4             # steps between adjustments of p
+    ada_kimg: float | None = None     # thousands of real images for p to go 0 -> 1 (None: auto)
+    # Regularisers of D.
+    r1_gamma: float = 0.0             # R1 penalty gamma/2 E||grad_x D(x_real)||^2; 0 = off
+    r1_interval: int = 16             # lazy R1: every this many steps, scaled by it
+    lecam_weight: float = 0.0         # LeCam regulariser weight; 0 = off
+    compute_dtype: str = "float32"    # matmul/conv operands: float32 | bfloat16
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -61,7 +75,8 @@ class GanConfig:
         channels = _int("tiles.channels", channels, 1)
         n_classes = _int("number of classes", n_classes, 1)
         kw: dict[str, Any] = {}
-        for key in ("steps", "batch_size", "z_dim", "checkpoint_every", "log_every"):
+        for key in ("steps", "batch_size", "z_dim", "checkpoint_every", "log_every",
+                    "ada_interval", "r1_interval"):
             if key in d:
                 kw[key] = _int(f"gan.{key}", d[key], 2 if key == "batch_size" else 1)
         if "seed" in d:
@@ -81,6 +96,30 @@ class GanConfig:
             kw["ema_half_life_steps"] = _float("gan.ema_half_life_steps", d["ema_half_life_steps"])
             if not kw["ema_half_life_steps"] > 0:
                 raise BioaugError(f"gan.ema_half_life_steps: must be > 0, got {d['ema_half_life_steps']!r}")
+        if "ada" in d:
+            if not isinstance(d["ada"], bool):
+                raise BioaugError(f"gan.ada: expected true or false, got {d['ada']!r}")
+            kw["ada"] = d["ada"]
+        for key, lo, hi in (("augment_p", 0.0, 1.0), ("ada_target", 0.0, 1.0)):
+            if key in d:
+                kw[key] = _float(f"gan.{key}", d[key])
+                if not lo <= kw[key] <= hi:
+                    raise BioaugError(f"gan.{key}: must be in [{lo:g}, {hi:g}], got {d[key]!r}")
+        if d.get("ada_kimg") is not None:
+            kw["ada_kimg"] = _float("gan.ada_kimg", d["ada_kimg"])
+            if not kw["ada_kimg"] > 0:
+                raise BioaugError(f"gan.ada_kimg: must be > 0 (or null: automatic), "
+                                  f"got {d['ada_kimg']!r}")
+        for key in ("r1_gamma", "lecam_weight"):
+            if key in d:
+                kw[key] = _float(f"gan.{key}", d[key])
+                if kw[key] < 0:
+                    raise BioaugError(f"gan.{key}: must be >= 0 (0 turns it off), got {d[key]!r}")
+        if "compute_dtype" in d:
+            if d["compute_dtype"] not in COMPUTE_DTYPES:
+                raise BioaugError(f"gan.compute_dtype: expected one of {', '.join(COMPUTE_DTYPES)}, "
+                                  f"got {d['compute_dtype']!r}")
+            kw["compute_dtype"] = d["compute_dtype"]
         if "betas" in d:
             v = d["betas"]
             if not isinstance(v, (list, tuple)) or len(v) != 2:
@@ -134,6 +173,24 @@ class GanConfig:
     @property
     def ema_beta(self) -> float:
         return 0.5 ** (1.0 / self.ema_half_life_steps)
+
+    @property
+    def ada_images(self) -> float:
+        """Real images over which ADA can move p from 0 to 1.
+
+        `ada_kimg` * 1000 when set; otherwise StyleGAN2-ADA's 500k images, shortened to a
+        tenth of this run's images (steps * batch_size) for short runs, so that p can
+        actually reach the level the data needs within the run.
+        """
+        if self.ada_kimg is not None:
+            return self.ada_kimg * 1000.0
+        return max(min(ADA_MAX_KIMG * 1000.0, ADA_AUTO_FRACTION * self.steps * self.batch_size),
+                   float(self.batch_size * self.ada_interval))
+
+    @property
+    def ada_adjust(self) -> float:
+        """The change of p per adjustment (every `ada_interval` steps)."""
+        return self.batch_size * self.ada_interval / self.ada_images
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (lists instead of tuples), data-derived fields included."""

@@ -1,7 +1,18 @@
 """Class-conditional generator and projection discriminator (Flax NNX, NHWC).
 
 The architecture matches /work/shared/bench/torch_reference_gan.py layer for layer, so the
-JAX training step can be benchmarked against that PyTorch peer.
+JAX training step can be benchmarked against that PyTorch peer. Two layers are *computed*
+differently from a plain convolution, with the same parameters and the same result up to
+float rounding (tests/test_gan.py checks both against `jax.lax.conv`):
+
+- nearest 2x upsampling followed by a 3x3 convolution (the generator's blocks) runs at the
+  low resolution as one 2x2-tap matmul giving the four output phases (`upsample_conv3x3`):
+  2.25x fewer FLOPs and no upsampled intermediate;
+- a convolution with very few input channels (the discriminator's first layer) is an
+  im2col matmul, which XLA:CPU runs faster than its convolution for that shape.
+
+`compute_dtype` (float32 or bfloat16) is the dtype of the convolution / matmul operands;
+parameters, BatchNorm statistics, spectral norm and the logits stay float32.
 
 Spectral norm is functional: the stored weight is never modified; each training forward
 runs one power-iteration step from a persistent vector `u` (a `SpectralU` variable, not
@@ -13,6 +24,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -51,6 +63,67 @@ def spectral_normalize(w: jax.Array, u: jax.Array, update: bool) -> tuple[jax.Ar
     return w / sigma, u
 
 
+IM2COL_MAX_PATCH = 27  # cin * k * k up to this: im2col matmul instead of lax.conv
+
+
+def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, dtype=None) -> jax.Array:
+    """NHWC x HWIO convolution with symmetric zero padding (torch's `padding=`).
+
+    Operands are cast to `dtype` (None: leave them), the result is in that dtype.
+    """
+    if dtype is not None:
+        x, w = x.astype(dtype), w.astype(dtype)
+    kh, kw, cin, cout = w.shape
+    if kh * kw * cin <= IM2COL_MAX_PATCH:
+        return _im2col_conv(x, w, stride, padding)
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), ((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _im2col_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+    kh, kw, cin, cout = w.shape
+    p = padding
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+    _, hp, wp, _ = xp.shape
+    ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    cols = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+            for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+    return patches @ w.reshape(kh * kw * cin, cout)
+
+
+# Row (or column) taps of the four output phases of "nearest 2x upsample, then 3x3 conv":
+# output row 2i+a sees input rows (i-1, i) for a = 0 with kernel rows (w0, w1 + w2) and
+# rows (i, i+1) for a = 1 with kernel rows (w0 + w1, w2). _PHASE_TAPS[a, tap, kernel_row].
+_PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]],
+                        [[1, 1, 0], [0, 0, 1]]], np.float32)
+
+
+def upsample_conv3x3(x: jax.Array, w: jax.Array, dtype=None) -> jax.Array:
+    """conv3x3(nearest_upsample_2x(x), w) with padding 1, computed at x's resolution.
+
+    The 3x3 kernel is folded into a 2x2-tap kernel per output phase (a, b) (see
+    _PHASE_TAPS); one matmul of the 2x2 patches of the padded input, (B, H+1, W+1, 4 cin)
+    @ (4 cin, 4 cout), gives all four phases, which are then interleaved into the
+    (B, 2H, 2W, cout) output. Same parameters and result as the plain form, 16/36 of its
+    multiply-adds (plus the border), and XLA:CPU runs a matmul faster than the equivalent
+    2x2 convolution (whose weight gradient it handles very slowly).
+    """
+    b, h, wd, cin = x.shape
+    cout = w.shape[-1]
+    taps = jnp.asarray(_PHASE_TAPS, w.dtype)
+    k = jnp.einsum("ahk,bwl,klio->hwiabo", taps, taps, w).reshape(4 * cin, 4 * cout)
+    if dtype is not None:
+        x, k = x.astype(dtype), k.astype(dtype)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.concatenate([xp[:, i:i + h + 1, j:j + wd + 1] for i in (0, 1) for j in (0, 1)],
+                              axis=-1)
+    y = (patches @ k).reshape(b, h + 1, wd + 1, 2, 2, cout)
+    rows = [jnp.stack([y[:, a:a + h, c:c + wd, a, c] for c in (0, 1)], axis=3) for a in (0, 1)]
+    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * wd, cout)
+
+
 class _SNWeight(nnx.Module):
     """Mixin: a `kernel` Param, optionally spectrally normalised through a SpectralU `u`."""
 
@@ -76,19 +149,17 @@ class SNConv(_SNWeight):
     """Conv with explicit symmetric padding (the same as torch's `padding=`), HWIO kernel."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, *,
-                 spectral_norm: bool, rngs: nnx.Rngs):
+                 spectral_norm: bool, rngs: nnx.Rngs, dtype=None):
         self.kernel = nnx.Param(torch_default_init(rngs.params(), (kernel, kernel, cin, cout)))
         self.bias = nnx.Param(jnp.zeros((cout,)))
         self.stride = stride
         self.padding = padding
+        self.dtype = dtype
         self._init_sn(cout, spectral_norm, rngs)
 
     def __call__(self, x: jax.Array, update_sn: bool) -> jax.Array:
-        p = self.padding
-        y = jax.lax.conv_general_dilated(
-            x, self.weight(update_sn), (self.stride, self.stride), ((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + self.bias[...]
+        y = conv2d(x, self.weight(update_sn), self.stride, self.padding, self.dtype)
+        return y + self.bias[...].astype(y.dtype)
 
 
 class SNLinear(_SNWeight):
@@ -120,13 +191,21 @@ def upsample2x(x: jax.Array) -> jax.Array:
 
 
 class UpBlock(nnx.Module):
-    def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
+    """nearest 2x, conv3x3, BN, ReLU; the first two as one `upsample_conv3x3`.
+
+    `self.conv` is an `nnx.Conv` only as the holder of its kernel and bias (the parameter
+    layout of checkpoints is unchanged); it is never called.
+    """
+
+    def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, dtype=None):
         self.conv = nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)),
                              kernel_init=torch_default_init, rngs=rngs)
         self.bn = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+        self.dtype = dtype
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self.conv(upsample2x(x))
+        x = upsample_conv3x3(x, self.conv.kernel[...], self.dtype)
+        x = x.astype(jnp.float32) + self.conv.bias[...]
         return jax.nn.relu(self.bn(x, use_running_average=not train))
 
 
@@ -140,8 +219,9 @@ class Generator(nnx.Module):
     """
 
     def __init__(self, z_dim: int, n_classes: int, g_channels: Sequence[int],
-                 out_channels: int, *, rngs: nnx.Rngs):
+                 out_channels: int, *, rngs: nnx.Rngs, dtype=None):
         g_channels = tuple(int(c) for c in g_channels)
+        self.dtype = dtype
         self.z_dim, self.n_classes, self.c0 = z_dim, n_classes, g_channels[0]
         self.embed = nnx.Embed(n_classes, z_dim, embedding_init=embed_init, rngs=rngs)
         self.fc = nnx.Linear(2 * z_dim, 16 * g_channels[0], kernel_init=torch_default_init,
@@ -150,7 +230,7 @@ class Generator(nnx.Module):
                                  rngs=rngs)
         blocks, cin = [], g_channels[0]
         for c in g_channels:
-            blocks.append(UpBlock(cin, c, rngs=rngs))
+            blocks.append(UpBlock(cin, c, rngs=rngs, dtype=dtype))
             cin = c
         self.blocks = nnx.List(blocks)
         self.out = nnx.Conv(cin, out_channels, (3, 3), padding=((1, 1), (1, 1)),
@@ -162,13 +242,16 @@ class Generator(nnx.Module):
         h = jax.nn.relu(self.bn0(h, use_running_average=not train))
         for block in self.blocks:
             h = block(h, train)
-        return jnp.tanh(self.out(h))
+        y = conv2d(h, self.out.kernel[...], 1, 1, self.dtype).astype(jnp.float32)
+        return jnp.tanh(y + self.out.bias[...])
 
 
 class DownBlock(nnx.Module):
-    def __init__(self, cin: int, cout: int, *, spectral_norm: bool, rngs: nnx.Rngs):
-        self.conv1 = SNConv(cin, cout, 3, 1, 1, spectral_norm=spectral_norm, rngs=rngs)
-        self.conv2 = SNConv(cout, cout, 4, 2, 1, spectral_norm=spectral_norm, rngs=rngs)
+    def __init__(self, cin: int, cout: int, *, spectral_norm: bool, rngs: nnx.Rngs, dtype=None):
+        self.conv1 = SNConv(cin, cout, 3, 1, 1, spectral_norm=spectral_norm, rngs=rngs,
+                            dtype=dtype)
+        self.conv2 = SNConv(cout, cout, 4, 2, 1, spectral_norm=spectral_norm, rngs=rngs,
+                            dtype=dtype)
 
     def __call__(self, x: jax.Array, update_sn: bool) -> jax.Array:
         x = jax.nn.leaky_relu(self.conv1(x, update_sn), 0.1)
@@ -184,10 +267,11 @@ class Discriminator(nnx.Module):
     """
 
     def __init__(self, in_channels: int, n_classes: int, d_channels: Sequence[int],
-                 spectral_norm: bool, *, rngs: nnx.Rngs):
+                 spectral_norm: bool, *, rngs: nnx.Rngs, dtype=None):
         blocks, cin = [], in_channels
         for c in d_channels:
-            blocks.append(DownBlock(cin, int(c), spectral_norm=spectral_norm, rngs=rngs))
+            blocks.append(DownBlock(cin, int(c), spectral_norm=spectral_norm, rngs=rngs,
+                                    dtype=dtype))
             cin = int(c)
         self.blocks = nnx.List(blocks)
         self.lin = SNLinear(cin, 1, spectral_norm=spectral_norm, rngs=rngs)
@@ -197,17 +281,21 @@ class Discriminator(nnx.Module):
         h = x
         for block in self.blocks:
             h = block(h, update_sn)
-        h = jnp.sum(h, axis=(1, 2))
+        h = jnp.sum(h.astype(jnp.float32), axis=(1, 2))
         return self.lin(h, update_sn)[:, 0] + jnp.sum(self.embed(y, update_sn) * h, axis=-1)
 
 
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
 def build_networks(cfg, key: jax.Array) -> tuple[Generator, Discriminator]:
-    """Fresh G and D for a GanConfig, initialised from `key`."""
+    """Fresh G and D for a GanConfig, initialised from `key` (parameters always float32)."""
     kg, kd = jax.random.split(key)
+    dtype = COMPUTE_DTYPES[getattr(cfg, "compute_dtype", "float32")]
     g = Generator(cfg.z_dim, cfg.n_classes, cfg.g_channels, cfg.channels,
-                  rngs=nnx.Rngs(params=kg))
+                  rngs=nnx.Rngs(params=kg), dtype=dtype)
     d = Discriminator(cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm,
-                      rngs=nnx.Rngs(params=kd))
+                      rngs=nnx.Rngs(params=kd), dtype=dtype)
     return g, d
 
 
