@@ -172,6 +172,22 @@ def test_large_uncompressed_tiff_is_memory_mapped(tmp_path):
     assert validate_image(tmp_path / "big.tif") == (600, 700, 1)
 
 
+def test_large_compressed_tiled_tiff_is_read_lazily(tmp_path, monkeypatch):
+    import bioaug.images as images
+
+    monkeypatch.setattr(images, "LAZY_TIFF_PIXELS", 1000)
+    arr = RNG.integers(0, 60000, (2, 300, 260)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "z.tif", arr, tile=(64, 64), compression="zlib", photometric="minisblack",
+                     metadata={"axes": "CYX"})
+    src = open_image(tmp_path / "z.tif", channels=[1])
+    assert type(src.array).__name__ == "LazyTiff" and src.shape == (300, 260, 1)
+    np.testing.assert_array_equal(src.region(50, 70, 32, 32)[..., 0], arr[1, 50:82, 70:102])
+    np.testing.assert_array_equal(src.region(-4, 250, 8, 16)[..., 0],
+                                  np.pad(arr[1, :4, 250:], ((4, 0), (0, 6)), mode="reflect"))
+    np.testing.assert_array_equal(src.read()[..., 0], arr[1])
+    assert validate_image(tmp_path / "z.tif") == (300, 260, 2)
+
+
 # ----------------------------------------------------------------------------- bad inputs
 
 

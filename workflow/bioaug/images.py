@@ -1,8 +1,9 @@
 """Reading source images, whole or region by region, with errors that name the file.
 
 `open_image` gives an `ImageSource` whose regions can be read without loading the image:
-uncompressed TIFFs are memory-mapped (tifffile.memmap), so tiling a 16k x 16k image keeps
-only the tiles in flight in memory. Compressed TIFFs, PNG and JPEG are read whole.
+uncompressed TIFFs are mapped row block by row block (MappedTiff), large compressed or tiled
+TIFFs are read through tifffile's zarr interface (LazyTiff), so tiling a 16k x 16k image
+keeps only the tiles in flight in memory. Small compressed TIFFs, PNG and JPEG are read whole.
 Images inside an NPZ file are addressed as `file.npz::{split}_images/{index}`.
 All arrays come back as (H, W, C) float32.
 """
@@ -112,6 +113,39 @@ class MappedTiff:
         return np.concatenate(blocks)
 
 
+class LazyTiff:
+    """A compressed or tiled TIFF seen as (H, W, C) through tifffile's zarr interface: a
+    region read decodes only the TIFF tiles/strips it touches."""
+
+    def __init__(self, path: Path, axes: str, shape: tuple, dtype):
+        import zarr
+
+        self._store = __import__("tifffile").imread(path, aszarr=True, series=0)
+        self._z = zarr.open(self._store, mode="r")
+        self.axes, self.dtype = axes, np.dtype(dtype)
+        dims = dict(zip(axes, shape))
+        self._chan_axes = [a for a in axes if a in "CS"]
+        c = int(np.prod([dims[a] for a in self._chan_axes])) if self._chan_axes else 1
+        self.shape = (dims["Y"], dims["X"], c)
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def __getitem__(self, key):
+        rows, cols = (key + (slice(None),))[:2] if isinstance(key, tuple) else (key, slice(None))
+        index = tuple(rows if a == "Y" else cols if a == "X" else slice(None) if a in "CS" else 0 for a in self.axes)
+        part = np.asarray(self._z[index])
+        kept = [a for a in self.axes if a in "YXCS"]
+        order = [kept.index("Y"), kept.index("X")] + [kept.index(a) for a in self._chan_axes]
+        part = np.transpose(part, order)
+        return part.reshape(part.shape[0], part.shape[1], -1)
+
+
+# Compressed/tiled TIFFs above this many pixels are read lazily (zarr) instead of whole.
+LAZY_TIFF_PIXELS = 16 * 1024 * 1024
+
+
 def open_image(path: str | Path, channels: list[int] | None = None) -> ImageSource:
     """Open an image for reading; raises BioaugError naming the file on any problem."""
     path_s = str(path)
@@ -193,6 +227,10 @@ def _read_tiff(path: Path) -> np.ndarray:
         contiguous = page is not None and len(series.pages) == 1 and page.is_contiguous and page.is_memmappable
         if contiguous and axes in ("YX", "YXS"):
             return MappedTiff(path, page.dataoffsets[0], tuple(shape), page.dtype)  # nothing read yet
+        dims = dict(zip(axes, shape))
+        single_plane = all(n == 1 for a, n in dims.items() if a not in "YXCS")
+        if single_plane and "Y" in dims and "X" in dims and dims["Y"] * dims["X"] > LAZY_TIFF_PIXELS:
+            return LazyTiff(path, axes, tuple(shape), series.dtype)
         arr = series.asarray()
     return _to_hwc(arr, axes, shape, path)
 

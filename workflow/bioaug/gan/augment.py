@@ -3,6 +3,10 @@
 Pure JAX, per-sample randomness, images NHWC in [-1, 1]. Applying the same family of
 augmentations to what D sees of both real and fake images (in the D and in the G update)
 keeps D from memorising a small training set without leaking augmentations into G.
+
+With a probability `p` (adaptive augmentation, StyleGAN2-ADA), each listed augmentation is
+applied to each image independently with probability p, so p = 0 is the identity and
+p = 1 the plain DiffAugment.
 """
 
 from __future__ import annotations
@@ -62,16 +66,24 @@ def rand_cutout(x: jax.Array, key: jax.Array, ratio: float = CUTOUT_RATIO) -> ja
 _FUNCS = {"color": rand_color, "translation": rand_translation, "cutout": rand_cutout}
 
 
-def diff_augment(x: jax.Array, key: jax.Array, policy: Sequence[str]) -> jax.Array:
+def diff_augment(x: jax.Array, key: jax.Array, policy: Sequence[str],
+                 p: jax.Array | float | None = None) -> jax.Array:
     """Apply the listed augmentations, always in the order color, translation, cutout.
 
     Each augmentation draws from its own sub-key, so the result does not depend on the
-    order of `policy`; an empty policy is the identity.
+    order of `policy`; an empty policy is the identity. With `p` (a scalar, may be
+    traced), each augmentation is applied per image with probability p (independently
+    per augmentation); `p=None` applies them to every image.
     """
     if not policy:
         return x
     keys = jax.random.split(key, len(_FUNCS))
     for (name, fn), k in zip(_FUNCS.items(), keys):
         if name in policy:
-            x = fn(x, k)
+            y = fn(x, k)
+            if p is None:
+                x = y
+            else:
+                use = jax.random.uniform(jax.random.fold_in(k, 7), (x.shape[0], 1, 1, 1)) < p
+                x = jnp.where(use, y, x)
     return x
