@@ -20,7 +20,7 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-# What each rule asks a cluster scheduler for, in one place (the rules' `threads:` and
+# What each job asks a cluster scheduler for, in one place (read by the rules' threads and
 # `resources:` read it). Sized for the default config.yaml and datasets up to ~10k images;
 # override per rule without editing this from a profile or the command line, e.g.
 #   --set-resources train_gan:mem_mb=32000 train_gan:runtime=1440 generate:gpu=0

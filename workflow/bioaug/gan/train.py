@@ -27,17 +27,25 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from bioaug.runtime import BioaugError, atomic_path, progress
 
 from . import losses
 from .augment import diff_augment
 from .config import ARCHITECTURE_KEYS, GanConfig
-from .input_pipeline import class_balanced_indices, gather_batch
+from .input_pipeline import ArrayTiles, BatchLoader, as_tile_source, gather_batch
 from .networks import SpectralU, build_networks
 from .sample import make_eval_forward, write_generator
 
-CSV_HEADER = ("step", "d_loss", "g_loss", "d_real", "d_fake", "steps_per_s", "elapsed_s")
+CSV_HEADER = ("step", "d_loss", "g_loss", "d_real", "d_fake", "r1", "augment_p", "steps_per_s",
+              "elapsed_s")
+N_METRICS = 6  # sums of d_loss, g_loss, d_real, d_fake, r1 penalty; step count
+# Runtime hyperparameters of the jitted step (a float32 vector, so changes don't recompile).
+HYPER = ("lr_g", "lr_d", "ema_beta", "ada_target", "ada_adjust", "ada_interval", "r1_scale",
+         "r1_interval", "lecam_weight")
+LECAM_DECAY = 0.99  # moving averages of D(real), D(fake) for the LeCam regulariser
+DATA_AXIS = "data"  # the mesh axis the batch is split over
 RECALIBRATION_BATCHES = 16
 GRID_PER_CLASS = 8
 RUN_META = "bioaug_gan_run.json"  # beside the Orbax step folders in checkpoint_dir
@@ -47,15 +55,93 @@ _STREAM_RECALIBRATE = 1
 _STREAM_GRID = 2
 
 
+# ----------------------------------------------------------------------------- devices
+def maybe_initialize_distributed(log: logging.Logger | None = None) -> bool:
+    """Join a multi-process JAX run when the job was launched as several processes.
+
+    Where SLURM started several tasks for this job step (`srun` with SLURM_NTASKS > 1,
+    e.g. one task per node or per GPU), or another launcher that JAX's cluster detection
+    knows (Open MPI's OMPI_COMM_WORLD_SIZE > 1, or JAX_COORDINATOR_ADDRESS with
+    JAX_NUM_PROCESSES > 1), this calls `jax.distributed.initialize()`, which finds the
+    coordinator, the process count and this process's id from that environment. Then
+    `jax.devices()` lists the devices of all processes and the data-parallel mesh of
+    `make_mesh` spans all of them; each process gathers only its rows of every batch.
+
+    It must run before any JAX computation (it is the first thing `train_gan` does). In a
+    single process (the usual case, including a one-task SLURM job) it does nothing and
+    returns False; it returns True when this process is (now) part of a multi-process run.
+    """
+    log = log or logging.getLogger("bioaug.gan")
+    if jax.distributed.is_initialized():
+        return True
+    env = os.environ
+
+    def count(var: str) -> int:
+        try:
+            return int(env.get(var, "1") or 1)
+        except ValueError:
+            return 1
+
+    slurm = "SLURM_PROCID" in env and count("SLURM_NTASKS") > 1
+    mpi = count("OMPI_COMM_WORLD_SIZE") > 1
+    explicit = bool(env.get("JAX_COORDINATOR_ADDRESS")) and count("JAX_NUM_PROCESSES") > 1
+    if not (slurm or mpi or explicit):
+        return False
+    try:
+        if explicit:
+            jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], count("JAX_NUM_PROCESSES"),
+                                       int(env.get("JAX_PROCESS_ID", "0")))
+        else:
+            jax.distributed.initialize()
+    except RuntimeError as e:  # e.g. a JAX computation ran before this call
+        raise BioaugError(f"could not start multi-process JAX ({e}); train_gan must be the "
+                          f"first JAX user of the process") from None
+    log.info("multi-process JAX: process %d of %d, %d devices in all (%d local)",
+             jax.process_index(), jax.process_count(), jax.device_count(),
+             jax.local_device_count())
+    return True
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D data-parallel mesh (axis "data") over `devices` (default: all devices)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.sharding.Mesh(np.asarray(devices, dtype=object), (DATA_AXIS,))
+
+
+def _shardings(mesh: jax.sharding.Mesh):
+    """(replicated, batch-sharded) NamedShardings of a mesh."""
+    return (jax.sharding.NamedSharding(mesh, P()),
+            jax.sharding.NamedSharding(mesh, P(DATA_AXIS)))
+
+
+def _check_batch_divisible(cfg: GanConfig, mesh: jax.sharding.Mesh) -> None:
+    n = mesh.size
+    if cfg.batch_size % n:
+        raise BioaugError(
+            f"gan.batch_size: {cfg.batch_size} is not divisible by the {n} devices the batch "
+            f"is split over; use a multiple of {n} (e.g. {max(n, cfg.batch_size // n * n)})")
+
+
+def _host(x) -> np.ndarray:
+    """A replicated (or local) array as numpy, also where it spans several processes."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_data(0)
+    return np.asarray(x)
+
+
 # ----------------------------------------------------------------------------- state
 def _structural(cfg: GanConfig) -> GanConfig:
     """cfg without the fields that do not change compiled code (cache key).
 
-    Learning rates and the EMA decay are step arguments, not compile-time constants, so
-    changing them (e.g. on resume) does not recompile.
+    Learning rates, the EMA decay, the ADA settings and the regulariser strengths are
+    step arguments, not compile-time constants, so changing them (e.g. on resume) does
+    not recompile; only turning R1 / LeCam on or off does.
     """
     return dataclasses.replace(cfg, steps=1, log_every=1, checkpoint_every=1, seed=0,
-                               lr_g=1.0, lr_d=1.0, ema_half_life_steps=1.0)
+                               lr_g=1.0, lr_d=1.0, ema_half_life_steps=1.0,
+                               augment_p=0.0, ada_target=0.5, ada_interval=1, ada_kimg=1.0,
+                               r1_gamma=float(cfg.r1_gamma > 0), r1_interval=1,
+                               lecam_weight=float(cfg.lecam_weight > 0))
 
 
 @functools.lru_cache(maxsize=8)
@@ -65,7 +151,7 @@ def _graphdefs_and_init(cfg: GanConfig):
     tx_g, tx_d = make_optimizers(cfg)
 
     @jax.jit
-    def init(key):
+    def init(key, augment_p):
         k_init, k_train = jax.random.split(key)
         g, d = build_networks(cfg, k_init)
         g_params, g_stats = nnx.state(g, nnx.Param, nnx.BatchStat)
@@ -81,23 +167,30 @@ def _graphdefs_and_init(cfg: GanConfig):
             "key": jax.random.key_data(k_train),
             "step": jnp.zeros((), jnp.int32),
             "nonfinite": jnp.full((), -1, jnp.int32),  # first step with a non-finite loss
-            "metrics": jnp.zeros((5,), jnp.float32),   # sums of d_loss, g_loss, d_real, d_fake; count
+            "metrics": jnp.zeros((N_METRICS,), jnp.float32),  # sums since the last log; count
+            "aug_p": jnp.asarray(augment_p, jnp.float32),     # ADA augmentation probability
+            "ada_acc": jnp.zeros((2,), jnp.float32),  # sum of sign(D(real)), count, this interval
+            "lecam": jnp.zeros((2,), jnp.float32),    # moving averages of D(real), D(fake)
         }
         return state
 
     return g_def, d_def, init
 
 
-def init_train_state(cfg: GanConfig):
+def init_train_state(cfg: GanConfig, mesh: jax.sharding.Mesh | None = None):
     """Fresh (graphdef_g, graphdef_d, state) for a config, initialised from cfg.seed.
 
     One compiled init (not op by op). The non-partitionable threefry lowering is pinned:
     it compiles about 3x faster on CPU, and pinning keeps the initial weights independent
-    of the global `jax_threefry_partitionable` setting.
+    of the global `jax_threefry_partitionable` setting. With a mesh, the state is
+    replicated over it.
     """
     g_def, d_def, init = _graphdefs_and_init(_structural(cfg))
+    initial_p = cfg.augment_p if cfg.ada else (1.0 if cfg.diffaugment else 0.0)
     with jax.threefry_partitionable(False):
-        state = init(jax.random.key(cfg.seed))
+        state = init(jax.random.key(cfg.seed), np.float32(initial_p))
+    if mesh is not None:
+        state = jax.device_put(state, _shardings(mesh)[0])
     return g_def, d_def, state
 
 
@@ -107,26 +200,45 @@ def make_optimizers(cfg: GanConfig):
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_train_step(cfg: GanConfig, classes: tuple[int, ...]):
+def _cached_train_step(cfg: GanConfig, classes: tuple[int, ...],
+                       mesh: jax.sharding.Mesh | None = None):
     g_def, d_def, _ = _graphdefs_and_init(cfg)
-    return make_train_step(cfg, g_def, d_def, np.asarray(classes))
+    return make_train_step(cfg, g_def, d_def, np.asarray(classes), mesh)
 
 
 def step_hyperparams(cfg: GanConfig) -> jax.Array:
-    """The runtime hyperparameters of the step: [lr_g, lr_d, ema_beta]."""
-    return jnp.asarray([cfg.lr_g, cfg.lr_d, cfg.ema_beta], jnp.float32)
+    """The runtime hyperparameters of the step, in the order of `HYPER`."""
+    values = {"lr_g": cfg.lr_g, "lr_d": cfg.lr_d, "ema_beta": cfg.ema_beta,
+              "ada_target": cfg.ada_target, "ada_adjust": cfg.ada_adjust,
+              "ada_interval": cfg.ada_interval,
+              "r1_scale": 0.5 * cfg.r1_gamma * cfg.r1_interval,  # lazy R1 (StyleGAN2)
+              "r1_interval": cfg.r1_interval, "lecam_weight": cfg.lecam_weight}
+    return jnp.asarray([values[k] for k in HYPER], jnp.float32)
 
 
-def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray):
+def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray,
+                    mesh: jax.sharding.Mesh | None = None):
     """The jitted step: (state, real x in [0, 1], real y, hyper) -> state; `state` is donated.
 
     `hyper` is `step_hyperparams(cfg)`. `classes` are the labels present in the training
     set; fake labels are drawn uniformly from them (the real batches are class-balanced too).
+
+    With a mesh (`make_mesh`), the step is data-parallel: the state is replicated, the real
+    batch and the fake batches are split over the mesh's "data" axis, and XLA inserts the
+    all-reduces of the gradients and of the BatchNorm statistics (which stay those of the
+    whole batch). The same code runs on 1 CPU, 1 GPU or several devices.
     """
     b1, b2 = cfg.betas
     policy = tuple(cfg.diffaugment)
+    ada = bool(cfg.ada) and bool(policy)
+    use_r1, use_lecam = cfg.r1_gamma > 0, cfg.lecam_weight > 0
     classes = jnp.asarray(classes, jnp.int32)
     z_dim, kind = cfg.z_dim, cfg.loss
+    if mesh is not None:
+        replicated, batched = _shardings(mesh)
+        shard = lambda a: jax.lax.with_sharding_constraint(a, batched)  # noqa: E731
+    else:
+        shard = lambda a: a  # noqa: E731
 
     def run_g(params, stats, z, y):
         g = nnx.merge(g_def, params, stats)
@@ -140,52 +252,103 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray):
 
     def draw(key, b):
         kz, ky = jax.random.split(key)
-        z = jax.random.normal(kz, (b, z_dim))
-        y = classes[jax.random.randint(ky, (b,), 0, classes.shape[0])]
+        z = shard(jax.random.normal(kz, (b, z_dim)))
+        y = shard(classes[jax.random.randint(ky, (b,), 0, classes.shape[0])])
         return z, y
 
+    def augment(x, key, p):
+        return diff_augment(x, key, policy, p if ada else None)
+
     def step(state, real_x, real_y, hyper):
+        h = dict(zip(HYPER, hyper))
         b = real_x.shape[0]
-        tx_g, tx_d = optax.adam(hyper[0], b1=b1, b2=b2), optax.adam(hyper[1], b1=b1, b2=b2)
-        beta = hyper[2]
+        tx_g = optax.adam(h["lr_g"], b1=b1, b2=b2)
+        tx_d = optax.adam(h["lr_d"], b1=b1, b2=b2)
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
         k_fake_d, k_aug_d, k_fake_g, k_aug_g = jax.random.split(key, 4)
         real = real_x * 2.0 - 1.0
+        p = state["aug_p"]
+        step_no = state["step"] + 1
         g_params, g_stats = state["g"]["params"], state["g"]["batch_stats"]
         d_params, sn = state["d"]["params"], state["d"]["sn"]  # sn is {} without spectral norm
 
-        # ---- D update: real and fake in one batch (D has no batch-dependent layers).
+        # ---- D update: real and fake in one batch (D has no batch-dependent layers),
+        # interleaved (real 0, fake 0, real 1, ...) so each device's rows of the fused
+        # batch are its own real and fake rows: no data moves between devices.
         z, yf = draw(k_fake_d, b)
         fake, g_stats = run_g(g_params, g_stats, z, yf)
-        x_all = diff_augment(jnp.concatenate([real, jax.lax.stop_gradient(fake)]), k_aug_d, policy)
-        y_all = jnp.concatenate([real_y, yf])
+        x_all = jnp.stack([real, jax.lax.stop_gradient(fake)], axis=1).reshape(2 * b, *real.shape[1:])
+        x_all = augment(shard(x_all), k_aug_d, p)
+        y_all = shard(jnp.stack([real_y, yf], axis=1).reshape(2 * b))
+        lecam_old = state["lecam"]
 
-        def d_loss_fn(dp):
-            logits, new_sn = run_d(dp, sn, x_all, y_all)
-            lr, lf = logits[:b], logits[b:]
-            return losses.d_loss(kind, lr, lf), (new_sn, jnp.mean(lr), jnp.mean(lf))
+        def d_objective(dp, x):
+            logits, new_sn = run_d(dp, sn, x, y_all)
+            pairs = logits.reshape(b, 2)
+            lr, lf = pairs[:, 0], pairs[:, 1]
+            loss = losses.d_loss(kind, lr, lf)
+            means = jax.lax.stop_gradient(jnp.stack([jnp.mean(lr), jnp.mean(lf)]))
+            lecam = LECAM_DECAY * lecam_old + (1.0 - LECAM_DECAY) * means
+            if use_lecam:
+                loss = loss + h["lecam_weight"] * losses.lecam_reg(lr, lf, lecam[0], lecam[1])
+            return loss, (new_sn, lr, lf, lecam)
 
-        (d_loss, (sn, d_real, d_fake)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
+        def d_loss_plain(dp):
+            loss, aux = d_objective(dp, x_all)
+            return loss, (*aux, jnp.zeros((), jnp.float32))
+
+        def d_loss_r1(dp):
+            # R1 on the images D sees (augmented reals, as in StyleGAN2-ADA): the gradient
+            # of sum(D(real)) with respect to the fused input is zero on the fake rows.
+            def real_sum(x):
+                loss, aux = d_objective(dp, x)
+                return jnp.sum(aux[1]), (loss, aux)
+
+            grad_x, (loss, aux) = jax.grad(real_sum, has_aux=True)(x_all)
+            penalty = jnp.sum(jnp.square(grad_x.astype(jnp.float32))) / b
+            return loss + h["r1_scale"] * penalty, (*aux, penalty)
+
+        plain = jax.value_and_grad(d_loss_plain, has_aux=True)
+        if use_r1:  # lazy: only every r1_interval steps (r1_scale includes that factor)
+            with_r1 = jax.value_and_grad(d_loss_r1, has_aux=True)
+            do_r1 = (step_no % h["r1_interval"].astype(jnp.int32)) == 0
+            (d_loss, (sn, lr, lf, lecam, r1)), d_grads = jax.lax.cond(do_r1, with_r1, plain,
+                                                                       d_params)
+        else:
+            (d_loss, (sn, lr, lf, lecam, r1)), d_grads = plain(d_params)
         upd, opt_d = tx_d.update(d_grads, state["opt_d"], d_params)
         d_params = optax.apply_updates(d_params, upd)
+        d_real, d_fake = jnp.mean(lr), jnp.mean(lf)
 
         # ---- G update through the updated D (D's parameters are constants here).
         z2, yf2 = draw(k_fake_g, b)
 
         def g_loss_fn(gp):
             x, new_stats = run_g(gp, g_stats, z2, yf2)
-            logits, new_sn = run_d(d_params, sn, diff_augment(x, k_aug_g, policy), yf2)
+            logits, new_sn = run_d(d_params, sn, augment(x, k_aug_g, p), yf2)
             return losses.g_loss(kind, logits), (new_stats, new_sn)
 
         (g_loss, (g_stats, sn)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
         upd, opt_g = tx_g.update(g_grads, state["opt_g"], g_params)
         g_params = optax.apply_updates(g_params, upd)
-        ema = jax.tree.map(lambda e, p: beta * e + (1.0 - beta) * p, state["ema"], g_params)
+        beta = h["ema_beta"]
+        ema = jax.tree.map(lambda e, q: beta * e + (1.0 - beta) * q, state["ema"], g_params)
 
-        step_no = state["step"] + 1
+        # ---- ADA: every ada_interval steps move p by ada_adjust towards E[sign(D(real))]
+        # = ada_target (StyleGAN2-ADA's r_t heuristic).
+        acc = state["ada_acc"] + jnp.stack([jnp.sum(jnp.sign(lr)), jnp.float32(b)])
+        aug_p = p
+        if ada:
+            adjust_now = (step_no % h["ada_interval"].astype(jnp.int32)) == 0
+            r_t = acc[0] / jnp.maximum(acc[1], 1.0)
+            moved = jnp.clip(p + jnp.sign(r_t - h["ada_target"]) * h["ada_adjust"], 0.0, 1.0)
+            aug_p = jnp.where(adjust_now, moved, p)
+            acc = jnp.where(adjust_now, jnp.zeros_like(acc), acc)
+
         finite = jnp.isfinite(d_loss) & jnp.isfinite(g_loss)
         nonfinite = jnp.where((state["nonfinite"] < 0) & ~finite, step_no, state["nonfinite"])
-        metrics = state["metrics"] + jnp.stack([d_loss, g_loss, d_real, d_fake, jnp.float32(1)])
+        metrics = state["metrics"] + jnp.stack([d_loss, g_loss, d_real, d_fake, r1,
+                                                jnp.float32(1)])
         return {
             "g": {"params": g_params, "batch_stats": g_stats},
             "d": {"params": d_params, "sn": sn},
@@ -196,9 +359,15 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray):
             "step": step_no,
             "nonfinite": nonfinite,
             "metrics": metrics,
+            "aug_p": aug_p,
+            "ada_acc": acc,
+            "lecam": lecam,
         }
 
-    return jax.jit(step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0, in_shardings=(replicated, batched, batched, replicated),
+                   out_shardings=replicated)
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -253,25 +422,40 @@ def load_checkpoint(checkpoint_dir: Path, cfg: GanConfig, step: int | None = Non
 
 
 # ----------------------------------------------------------------------------- helpers
-def _restore(mgr: ocp.CheckpointManager, step: int, template):
+def _restore(mgr: ocp.CheckpointManager, step: int, template, mesh=None):
     """Restore a train state shaped like `template`, placed like a fresh one.
 
-    Orbax restores arrays committed to a device when given shardings; jit treats those
-    as a different signature from the uncommitted arrays of a fresh run (a full
-    recompile), so go through host memory and let jnp.asarray place them uncommitted on
-    the default device (the state is small; this happens once per run).
+    With a mesh, Orbax places every array replicated on it directly (what the jitted step
+    expects, so no recompile). Without one, go through host memory and let jnp.asarray
+    place them uncommitted on the default device (jit treats committed arrays as another
+    signature). Entries a checkpoint of an older bioaug lacks (e.g. the ADA probability)
+    keep the template's (fresh) values.
     """
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
-    restored = mgr.restore(step, args=ocp.args.StandardRestore(abstract))
-    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored)
+    sharding = _shardings(mesh)[0] if mesh is not None else None
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            template)
+    try:
+        present = set(mgr.item_metadata(step).keys())
+    except Exception:  # metadata unreadable: try the full structure
+        present = set(abstract)
+    missing = [k for k in abstract if k not in present]
+    restored = mgr.restore(step, args=ocp.args.StandardRestore(
+        {k: v for k, v in abstract.items() if k in present}))
+    if mesh is None:
+        restored = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored)
+    return {k: restored[k] if k in restored else template[k] for k in template} if missing \
+        else {k: restored[k] for k in template}
 
 
-def _data_fingerprint(tiles: np.ndarray, labels: np.ndarray) -> str:
+def _data_fingerprint(tiles, labels: np.ndarray) -> str:
+    """A hash of the data's shape, labels and a strided sample of tiles (memory maps and
+    tile sources included: the same tiles give the same fingerprint however they are held)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr((tiles.shape, str(tiles.dtype))).encode())
+    h.update(repr((tuple(tiles.shape), "float32")).encode())
     h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
     stride = max(1, len(tiles) // 4096)  # enough to notice other data, cheap for big sets
-    h.update(np.ascontiguousarray(tiles[::stride]).tobytes())
+    sample = np.arange(0, len(tiles), stride)
+    h.update(np.ascontiguousarray(gather_batch(tiles, labels, sample)[0]).tobytes())
     return h.hexdigest()
 
 
@@ -305,20 +489,28 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def _prepare_csv(path: Path, keep_upto: int) -> float:
-    """Rewrite the log keeping rows with step <= keep_upto; return the last kept elapsed_s."""
+    """Rewrite the log keeping rows with step <= keep_upto; return the last kept elapsed_s.
+
+    Rows are kept once each (the first of a step), complete rows only, so a log cut off
+    mid-row or holding rows logged after the checkpoint by a killed run is repaired.
+    """
     rows: list[dict[str, str]] = []
+    seen: set[int] = set()
     if keep_upto > 0 and path.exists():
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 try:
-                    if int(row["step"]) <= keep_upto:
-                        rows.append(row)
+                    step = int(row["step"])
+                    float(row["elapsed_s"])
                 except (KeyError, TypeError, ValueError):
                     continue
+                if step <= keep_upto and step not in seen:
+                    seen.add(step)
+                    rows.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_HEADER, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=CSV_HEADER, extrasaction="ignore", restval="")
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
@@ -329,43 +521,57 @@ def _prepare_csv(path: Path, keep_upto: int) -> float:
 
 
 def _validate_data(tiles, labels, class_names, cfg: GanConfig | dict):
-    tiles = np.asarray(tiles)
+    """(tile source, int32 labels, GanConfig); arrays that are in memory are checked in full,
+    memory-mapped tiles and tile sources per batch (by the loader)."""
+    source = as_tile_source(tiles)
     labels = np.asarray(labels)
-    if tiles.ndim != 4 or tiles.shape[1] != tiles.shape[2] or len(tiles) == 0:
+    shape = tuple(source.shape)
+    if len(shape) != 4 or shape[1] != shape[2] or shape[0] == 0:
         raise BioaugError(f"GAN training tiles: expected a non-empty (N, H, H, C) array, "
-                          f"got shape {tiles.shape}")
-    if labels.shape != (len(tiles),) or not np.issubdtype(labels.dtype, np.integer):
-        raise BioaugError(f"GAN training labels: expected {len(tiles)} integer labels, got "
+                          f"got shape {shape}")
+    if labels.shape != (shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise BioaugError(f"GAN training labels: expected {shape[0]} integer labels, got "
                           f"shape {labels.shape} dtype {labels.dtype}")
     n_classes = len(class_names)
     if labels.min() < 0 or labels.max() >= n_classes:
         raise BioaugError(f"GAN training labels: values must be in [0, {n_classes}) for classes "
                           f"{list(class_names)}, got range [{labels.min()}, {labels.max()}]")
-    tiles = tiles.astype(np.float32, copy=False)
+    if isinstance(source, ArrayTiles) and source.in_memory:
+        source = ArrayTiles(source.array.astype(np.float32, copy=False))
+        if len(source) <= 1_000_000 and not np.isfinite(source.array).all():
+            raise BioaugError("GAN training tiles contain NaN or Inf values")
     if isinstance(cfg, dict):
-        cfg = GanConfig.from_dict(cfg, tiles.shape[1], tiles.shape[3], n_classes)
-    elif (cfg.tile_size, cfg.channels, cfg.n_classes) != (tiles.shape[1], tiles.shape[3], n_classes):
+        cfg = GanConfig.from_dict(cfg, shape[1], shape[3], n_classes)
+    elif (cfg.tile_size, cfg.channels, cfg.n_classes) != (shape[1], shape[3], n_classes):
         raise BioaugError(
             f"GanConfig is for {cfg.tile_size} px, {cfg.channels} channel(s), {cfg.n_classes} classes "
-            f"but the tiles are {tiles.shape[1]} px, {tiles.shape[3]} channel(s) with {n_classes} classes")
-    if len(tiles) <= 1_000_000 and not np.isfinite(tiles).all():
-        raise BioaugError("GAN training tiles contain NaN or Inf values")
-    return tiles, labels.astype(np.int32), cfg
+            f"but the tiles are {shape[1]} px, {shape[3]} channel(s) with {n_classes} classes")
+    return source, labels.astype(np.int32), cfg
 
 
 # ----------------------------------------------------------------------------- entry point
-def train_gan(tiles: np.ndarray, labels: np.ndarray, class_names: list[str],
+def train_gan(tiles, labels: np.ndarray, class_names: list[str],
               cfg: GanConfig | dict, *, checkpoint_dir: Path, generator_dir: Path,
-              log_csv: Path, samples_png: Path, log: logging.Logger | None = None) -> dict:
+              log_csv: Path, samples_png: Path, log: logging.Logger | None = None,
+              devices=None) -> dict:
     """Train (or resume training) the GAN and export the EMA generator.
 
-    tiles: float32 (N, H, W, C) in [0, 1]; labels: ints in [0, len(class_names)).
+    tiles: float32 (N, H, W, C) in [0, 1], as an in-memory array, a memory-mapped one
+    (`np.load(path, mmap_mode="r")`) or a tile source such as
+    `input_pipeline.ShardedTiles` (rows of several memory-mapped shards, never loaded
+    whole); labels: ints in [0, len(class_names)). Batches are gathered by a background
+    thread two steps ahead. All devices (`devices`, default `jax.devices()`) train
+    data-parallel; gan.batch_size must be divisible by their number. Under a multi-process
+    launcher (SLURM with several tasks) JAX's distributed runtime is started first
+    (`maybe_initialize_distributed`).
+
     Resumes automatically from the latest checkpoint in `checkpoint_dir`. Writes
     `generator_dir` (EMA generator, Orbax + generator.json), `samples_png` (8 EMA samples
     per class) and `log_csv`. Raises FloatingPointError if a loss became non-finite (the
     last finite checkpoint is kept). Returns steps_done, steps_per_s, d_loss, g_loss, seconds.
     """
     log = log or logging.getLogger("bioaug.gan")
+    maybe_initialize_distributed(log)
     t_start = time.perf_counter()
     tiles, labels, cfg = _validate_data(tiles, labels, class_names, cfg)
     class_names = [str(c) for c in class_names]
@@ -374,16 +580,29 @@ def train_gan(tiles: np.ndarray, labels: np.ndarray, class_names: list[str],
     if missing:
         log.warning("no training tiles for class(es) %s: the generator cannot learn them",
                     ", ".join(missing))
+    mesh = make_mesh(devices)
+    _check_batch_divisible(cfg, mesh)
+    replicated, batched = _shardings(mesh)
+    n_proc, proc = jax.process_count(), jax.process_index()
+    is_main = proc == 0
+    rows = None
+    if n_proc > 1:  # each process gathers its own rows of the (globally sampled) batch
+        if cfg.batch_size % n_proc:
+            raise BioaugError(f"gan.batch_size: {cfg.batch_size} is not divisible by the "
+                              f"{n_proc} processes")
+        per = cfg.batch_size // n_proc
+        rows = slice(proc * per, (proc + 1) * per)
     checkpoint_dir = Path(checkpoint_dir).resolve()
     log_csv = Path(log_csv)
 
-    g_def, d_def, state = init_train_state(cfg)
+    g_def, d_def, state = init_train_state(cfg, mesh)
     fingerprint = _data_fingerprint(tiles, labels)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     mgr = ocp.CheckpointManager(
         checkpoint_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
     bar = None
     csv_file = None
+    loader = None
     try:
         start = 0
         latest = mgr.latest_step()
@@ -393,26 +612,43 @@ def train_gan(tiles: np.ndarray, labels: np.ndarray, class_names: list[str],
                 raise BioaugError(
                     f"gan.steps: {cfg.steps}, but {checkpoint_dir} holds a checkpoint at step "
                     f"{latest}; raise gan.steps or delete the folder to train from scratch")
-            state = _restore(mgr, latest, state)
-            start = int(state["step"])
+            state = _restore(mgr, latest, state, mesh)
+            start = int(_host(state["step"]))
             log.info("resumed GAN training from %s at step %d", checkpoint_dir, start)
-        _write_json_atomic(checkpoint_dir / RUN_META, {"config": cfg.to_dict(), "data": fingerprint})
-        elapsed_offset = _prepare_csv(log_csv, start)
+        if is_main:
+            _write_json_atomic(checkpoint_dir / RUN_META,
+                               {"config": cfg.to_dict(), "data": fingerprint})
+            elapsed_offset = _prepare_csv(log_csv, start)
+        else:
+            elapsed_offset = 0.0
 
-        step_fn = _cached_train_step(_structural(cfg), tuple(int(c) for c in classes))
-        hyper = step_hyperparams(cfg)
-        sampler = class_balanced_indices(labels, cfg.batch_size, cfg.seed, start_step=start)
+        step_fn = _cached_train_step(_structural(cfg), tuple(int(c) for c in classes), mesh)
+        hyper = jax.device_put(step_hyperparams(cfg), replicated)
+        zero_metrics = np.zeros((N_METRICS,), np.float32)  # put anew each time (donated)
+        global_shape = lambda a: (cfg.batch_size,) + a.shape[1:]  # noqa: E731
+
+        def place(x, y):
+            return (jax.make_array_from_process_local_data(batched, x, global_shape(x)),
+                    jax.make_array_from_process_local_data(batched, y, global_shape(y)))
+
         last = {"d_loss": math.nan, "g_loss": math.nan}
         steps_per_s = math.nan
         if start < cfg.steps:
-            csv_file = open(log_csv, "a", newline="")
-            writer = csv.writer(csv_file)
+            loader = BatchLoader(tiles, labels, cfg.batch_size, cfg.seed, start_step=start,
+                                 place=place, prefetch=2,
+                                 check_finite=not getattr(tiles, "in_memory", False), rows=rows)
+            if is_main:
+                csv_file = open(log_csv, "a", newline="")
+                writer = csv.writer(csv_file)
             bar = progress(total=cfg.steps - start, desc="train_gan")
             t_run = time.perf_counter()
             t_mark, step_mark = t_run, start
             t_timed, steps_timed = 0.0, 0  # excludes the first (compiling) step
             for done in range(start + 1, cfg.steps + 1):
-                x, y = gather_batch(tiles, labels, next(sampler))
+                try:
+                    x, y = next(loader)
+                except FloatingPointError as e:
+                    raise BioaugError(str(e)) from None
                 state = step_fn(state, x, y, hyper)
                 bar.update(1)
                 if done == start + 1:  # one sync after compiling, so steps/s are honest
@@ -424,15 +660,16 @@ def train_gan(tiles: np.ndarray, labels: np.ndarray, class_names: list[str],
                 is_ckpt = done % cfg.checkpoint_every == 0 or done == cfg.steps
                 if not (is_log or is_ckpt):
                     continue
-                bad = int(state["nonfinite"])
+                bad = int(_host(state["nonfinite"]))
                 if bad >= 0:
                     raise FloatingPointError(
                         f"GAN training diverged: non-finite loss at step {bad} (noticed at step "
                         f"{done}); the last finite checkpoint (step {mgr.latest_step()}) in "
                         f"{checkpoint_dir} is kept. Lower gan.lr_d / gan.lr_g or check the tiles.")
                 if is_log:
-                    m = np.asarray(state["metrics"], np.float64)
-                    avg = m[:4] / max(m[4], 1.0)
+                    m = _host(state["metrics"]).astype(np.float64)
+                    avg = m[:5] / max(m[5], 1.0)
+                    aug_p = float(_host(state["aug_p"]))
                     now = time.perf_counter()
                     if done > step_mark:
                         steps_per_s = (done - step_mark) / (now - t_mark)
@@ -440,14 +677,16 @@ def train_gan(tiles: np.ndarray, labels: np.ndarray, class_names: list[str],
                         steps_timed += done - step_mark
                     t_mark, step_mark = now, done
                     elapsed = elapsed_offset + now - t_start
-                    writer.writerow([done, f"{avg[0]:.6g}", f"{avg[1]:.6g}", f"{avg[2]:.6g}",
-                                     f"{avg[3]:.6g}", f"{steps_per_s:.4g}", f"{elapsed:.2f}"])
-                    csv_file.flush()
+                    if csv_file is not None:
+                        writer.writerow([done, *(f"{v:.6g}" for v in avg), f"{aug_p:.6g}",
+                                         f"{steps_per_s:.4g}", f"{elapsed:.2f}"])
+                        csv_file.flush()
                     last = {"d_loss": float(avg[0]), "g_loss": float(avg[1])}
                     log.info("GAN step %d/%d  d_loss %.4f  g_loss %.4f  D(real) %.3f  D(fake) %.3f"
-                             "  %.2f steps/s", done, cfg.steps, *avg, steps_per_s)
+                             "  R1 %.3g  p %.3f  %.2f steps/s", done, cfg.steps, *avg, aug_p,
+                             steps_per_s)
                     bar.set_postfix(d_loss=f"{avg[0]:.3f}", g_loss=f"{avg[1]:.3f}")
-                    state = {**state, "metrics": jnp.zeros((5,), jnp.float32)}
+                    state = {**state, "metrics": jax.device_put(zero_metrics, replicated)}
                 if is_ckpt:
                     mgr.save(done, args=ocp.args.StandardSave(state))
             mgr.wait_until_finished()
@@ -456,15 +695,19 @@ def train_gan(tiles: np.ndarray, labels: np.ndarray, class_names: list[str],
         else:
             log.info("GAN already trained to step %d; rewriting its outputs", start)
 
-        _export(cfg, g_def, state, classes, class_names, Path(generator_dir), Path(samples_png))
+        if is_main:
+            _export(cfg, g_def, state, classes, class_names, Path(generator_dir),
+                    Path(samples_png))
     finally:
+        if loader is not None:
+            loader.close()
         if bar is not None:
             bar.close()
         if csv_file is not None:
             csv_file.close()
         mgr.close()
     return {
-        "steps_done": int(state["step"]),
+        "steps_done": int(_host(state["step"])),
         "steps_per_s": steps_per_s,
         "d_loss": last["d_loss"],
         "g_loss": last["g_loss"],
@@ -474,14 +717,18 @@ def train_gan(tiles: np.ndarray, labels: np.ndarray, class_names: list[str],
 
 def _export(cfg: GanConfig, g_def, state, classes, class_names, generator_dir: Path,
             samples_png: Path) -> None:
-    """Write the EMA generator (recalibrated BatchNorm) and the per-class sample grid."""
+    """Write the EMA generator (recalibrated BatchNorm) and the per-class sample grid.
+
+    Works on host copies of the (replicated) EMA weights, on the default device.
+    """
     from bioaug.viz import save_class_grid
 
-    step = int(state["step"])
+    step = int(_host(state["step"]))
     base = jax.random.key(cfg.seed)
-    params = state["ema"]
+    params = jax.tree.map(lambda a: jnp.asarray(_host(a)), state["ema"])
+    batch_stats = jax.tree.map(lambda a: jnp.asarray(_host(a)), state["g"]["batch_stats"])
     stats = recalibrate_batch_stats(
-        g_def, params, state["g"]["batch_stats"],
+        g_def, params, batch_stats,
         key=jax.random.fold_in(base, _STREAM_RECALIBRATE), classes=classes,
         batch_size=cfg.batch_size, z_dim=cfg.z_dim)
     meta = {
