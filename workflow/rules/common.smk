@@ -21,7 +21,7 @@ wildcard_constraints:
 
 
 # What each job asks a cluster scheduler for, in one place (read by the rules' threads and
-# `resources:` read it). Sized for the default config.yaml and datasets up to ~10k images;
+# resources). Sized for the default config.yaml and datasets up to ~10k images;
 # override per rule without editing this from a profile or the command line, e.g.
 #   --set-resources train_gan:mem_mb=32000 train_gan:runtime=1440 generate:gpu=0
 #   --set-threads train_gan=16

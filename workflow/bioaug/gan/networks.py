@@ -9,7 +9,9 @@ float rounding (tests/test_gan.py checks both against `jax.lax.conv`):
   low resolution as one 2x2-tap matmul giving the four output phases (`upsample_conv3x3`):
   2.25x fewer FLOPs and no upsampled intermediate;
 - a convolution with very few input channels (the discriminator's first layer) is an
-  im2col matmul, which XLA:CPU runs faster than its convolution for that shape.
+  im2col matmul, which XLA:CPU runs faster than its convolution for that shape;
+- the input gradient of the discriminator's 4x4 stride-2 convolutions (`conv4x4_s2`, a
+  custom VJP) is the same phase matmul instead of a convolution over a zero-dilated input.
 
 `compute_dtype` (float32 or bfloat16) is the dtype of the convolution / matmul operands;
 parameters, BatchNorm statistics, spectral norm and the logits stay float32.
@@ -76,9 +78,9 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, dtype=None) ->
     kh, kw, cin, cout = w.shape
     if kh * kw * cin <= IM2COL_MAX_PATCH:
         return _im2col_conv(x, w, stride, padding)
-    return jax.lax.conv_general_dilated(
-        x, w, (stride, stride), ((padding, padding), (padding, padding)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if (kh, kw, stride, padding) == (4, 4, 2, 1) and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+        return conv4x4_s2(x, w)
+    return _plain_conv(x, w, stride, padding)
 
 
 def _im2col_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
@@ -110,18 +112,69 @@ def upsample_conv3x3(x: jax.Array, w: jax.Array, dtype=None) -> jax.Array:
     multiply-adds (plus the border), and XLA:CPU runs a matmul faster than the equivalent
     2x2 convolution (whose weight gradient it handles very slowly).
     """
-    b, h, wd, cin = x.shape
-    cout = w.shape[-1]
+    cin, cout = w.shape[2], w.shape[3]
     taps = jnp.asarray(_PHASE_TAPS, w.dtype)
     k = jnp.einsum("ahk,bwl,klio->hwiabo", taps, taps, w).reshape(4 * cin, 4 * cout)
     if dtype is not None:
         x, k = x.astype(dtype), k.astype(dtype)
+    return _phase_matmul(x, k, cout)
+
+
+def _phase_matmul(x: jax.Array, k: jax.Array, cout: int) -> jax.Array:
+    """(B, H, W, cin) -> (B, 2H, 2W, cout): output phase (a, b) at (i, j) is the 2x2 patch
+    of the 1-padded input at (i + a, j + b) times k's (a, b) block; k is (4 cin, 4 cout)
+    with rows ordered (tap row, tap col, cin) and columns (a, b, cout)."""
+    b, h, wd, _ = x.shape
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     patches = jnp.concatenate([xp[:, i:i + h + 1, j:j + wd + 1] for i in (0, 1) for j in (0, 1)],
                               axis=-1)
     y = (patches @ k).reshape(b, h + 1, wd + 1, 2, 2, cout)
     rows = [jnp.stack([y[:, a:a + h, c:c + wd, a, c] for c in (0, 1)], axis=3) for a in (0, 1)]
     return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * wd, cout)
+
+
+def _plain_conv(x, w, stride, padding):
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), ((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+# Kernel rows (or columns) that reach input phase a through tap t, for the input gradient
+# of a 4x4 stride-2 padding-1 convolution: dx[2m] = dy[m-1] w[3] + dy[m] w[1],
+# dx[2m+1] = dy[m] w[2] + dy[m+1] w[0].
+_S2_TAPS = np.array([[3, 1], [2, 0]])
+
+
+@jax.custom_vjp
+def conv4x4_s2(x: jax.Array, w: jax.Array) -> jax.Array:
+    """4x4 convolution, stride 2, padding 1 (the discriminator's downsampling conv).
+
+    Forward and weight gradient as usual; the input gradient (a transposed convolution,
+    which XLA:CPU runs as a convolution over a zero-dilated input, 4x the work) is computed
+    like `upsample_conv3x3`: one matmul over 2x2 patches of the output gradient gives the
+    four phases of the input gradient.
+    """
+    return _plain_conv(x, w, 2, 1)
+
+
+def _conv4x4_s2_fwd(x, w):
+    return _plain_conv(x, w, 2, 1), (x, w)
+
+
+def _conv4x4_s2_bwd(res, dy):
+    x, w = res
+    _, w_vjp = jax.vjp(lambda w: _plain_conv(x, w, 2, 1), w)
+    (dw,) = w_vjp(dy)
+    wt = jnp.swapaxes(w, 2, 3)  # (kh, kw, cout, cin)
+    t = _S2_TAPS
+    k = wt[t[:, None, :, None], t[None, :, None, :]]  # (a, b, tap row, tap col, cout, cin)
+    cout, cin = wt.shape[2], wt.shape[3]
+    k = k.transpose(2, 3, 4, 0, 1, 5).reshape(4 * cout, 4 * cin).astype(dy.dtype)
+    dx = _phase_matmul(dy, k, cin)
+    return dx.astype(x.dtype), dw
+
+
+conv4x4_s2.defvjp(_conv4x4_s2_fwd, _conv4x4_s2_bwd)
 
 
 class _SNWeight(nnx.Module):

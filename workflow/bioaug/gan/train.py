@@ -5,6 +5,11 @@ function maps to the next state: one D update then one G update. The host only t
 the device at log and checkpoint steps. Checkpoints (Orbax) hold the complete state, so a
 restarted run continues bit for bit as if it had never stopped: the batch of step k and
 the device randomness of step k depend only on (seed, k).
+
+Options of the step (all off by default): adaptive augmentation (ADA: DiffAugment per
+image with a probability p steered by sign(D(real))), lazy R1 on real images, the LeCam
+regulariser, bfloat16 compute. The step is data-parallel over all devices of a 1-D mesh
+(`make_mesh`); `maybe_initialize_distributed` joins multi-process (e.g. SLURM) runs.
 """
 
 from __future__ import annotations
@@ -435,16 +440,19 @@ def _restore(mgr: ocp.CheckpointManager, step: int, template, mesh=None):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                             template)
     try:
-        present = set(mgr.item_metadata(step).keys())
-    except Exception:  # metadata unreadable: try the full structure
-        present = set(abstract)
-    missing = [k for k in abstract if k not in present]
-    restored = mgr.restore(step, args=ocp.args.StandardRestore(
-        {k: v for k, v in abstract.items() if k in present}))
+        restored = mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception:  # an older checkpoint: restore the entries it has with today's shapes
+        meta = ocp.StandardCheckpointHandler().metadata(Path(mgr.directory) / str(step) / "default")
+        same = lambda k: (jax.tree.structure(meta[k]) == jax.tree.structure(abstract[k])  # noqa: E731
+                          and all(tuple(m.shape) == a.shape for m, a in
+                                  zip(jax.tree.leaves(meta[k]), jax.tree.leaves(abstract[k]))))
+        keep = {k: v for k, v in abstract.items() if k in meta.keys() and same(k)}
+        if not {"g", "d", "opt_g", "opt_d", "ema", "step"} <= keep.keys():
+            raise
+        restored = mgr.restore(step, args=ocp.args.StandardRestore(keep))
     if mesh is None:
         restored = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored)
-    return {k: restored[k] if k in restored else template[k] for k in template} if missing \
-        else {k: restored[k] for k in template}
+    return {k: restored[k] if k in restored else template[k] for k in template}
 
 
 def _data_fingerprint(tiles, labels: np.ndarray) -> str:

@@ -1,0 +1,294 @@
+"""Tests of the GAN's optional features and their building blocks (tiny networks, ~20 s).
+
+Config keys (ada / augment_p / ada_*, r1_*, lecam_weight, compute_dtype), the equivalence
+of the fast convolution forms with plain convolutions, adaptive DiffAugment, R1, LeCam,
+bfloat16 compute, the memory-mapped tile sources and the background batch loader.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bioaug.gan import GanConfig, train_gan
+from bioaug.gan import train as T
+from bioaug.gan.augment import diff_augment
+from bioaug.gan.input_pipeline import (ArrayTiles, BatchLoader, ShardedTiles,
+                                       class_balanced_indices, gather_batch)
+from bioaug.gan.networks import conv2d, upsample2x, upsample_conv3x3
+from bioaug.runtime import BioaugError
+
+TINY = dict(batch_size=8, z_dim=16, g_channels=[16, 8], d_channels=[8, 16], seed=3,
+            log_every=2, checkpoint_every=4)
+
+
+def _data(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.array([0] * (n - 10) + [1] * 7 + [2] * 3)
+    return rng.random((n, 16, 16, 1), dtype=np.float32), labels
+
+
+def _steps(cfg_dict, n, data=None):
+    """Run n train steps directly; return the state and the per-step metric rows."""
+    tiles, labels = data or _data()
+    cfg = GanConfig.from_dict({**TINY, **cfg_dict}, 16, 1, 3)
+    mesh = T.make_mesh()
+    rep, bat = T._shardings(mesh)
+    _, _, state = T.init_train_state(cfg, mesh)
+    step = T._cached_train_step(T._structural(cfg), (0, 1, 2), mesh)
+    hyper = jax.device_put(T.step_hyperparams(cfg), rep)
+    rows = []
+    for idx in itertools.islice(class_balanced_indices(labels, cfg.batch_size, cfg.seed), n):
+        before = np.asarray(state["metrics"]).copy()
+        state = step(state, jax.device_put(tiles[idx], bat),
+                     jax.device_put(labels[idx].astype(np.int32), bat), hyper)
+        rows.append(np.asarray(state["metrics"]) - before)
+    return cfg, state, np.array(rows)
+
+
+# ----------------------------------------------------------------------------- config
+@pytest.mark.parametrize("patch, key", [
+    ({"ada": "yes"}, "gan.ada"),
+    ({"augment_p": 1.5}, "gan.augment_p"),
+    ({"ada_target": -0.1}, "gan.ada_target"),
+    ({"ada_interval": 0}, "gan.ada_interval"),
+    ({"ada_kimg": 0}, "gan.ada_kimg"),
+    ({"r1_gamma": -1}, "gan.r1_gamma"),
+    ({"r1_interval": 0}, "gan.r1_interval"),
+    ({"lecam_weight": -0.5}, "gan.lecam_weight"),
+    ({"compute_dtype": "float16"}, "gan.compute_dtype"),
+])
+def test_new_config_errors_name_the_key(patch, key):
+    with pytest.raises(BioaugError, match=re.escape(key)):
+        GanConfig.from_dict({**TINY, **patch}, tile_size=16, channels=1, n_classes=3)
+
+
+def test_new_config_defaults_and_ada_speed():
+    cfg = GanConfig.from_dict({}, 32, 1, 2)
+    assert (cfg.ada, cfg.augment_p, cfg.r1_gamma, cfg.lecam_weight, cfg.compute_dtype) == \
+        (False, 0.0, 0.0, 0.0, "float32")
+    # a short run: p can cross [0, 1] in a tenth of its images; a long one: in 500k images
+    assert cfg.ada_images == pytest.approx(0.1 * cfg.steps * cfg.batch_size)
+    long = GanConfig.from_dict({"steps": 10 ** 7}, 32, 1, 2)
+    assert long.ada_images == 500_000
+    fixed = GanConfig.from_dict({"ada_kimg": 2, "batch_size": 16, "ada_interval": 4}, 32, 1, 2)
+    assert fixed.ada_adjust == pytest.approx(16 * 4 / 2000)
+    assert GanConfig.from_dict({"ada_kimg": None}, 32, 1, 2).ada_kimg is None
+
+
+# ----------------------------------------------------------------------------- conv forms
+def _plain_conv(x, w, stride, pad):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("cin, cout, size", [(5, 3, 3)])
+def test_upsample_conv_matches_upsample_then_conv(cin, cout, size):
+    kx, kw = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (2, size, size + 1, cin))
+    w = jax.random.normal(kw, (3, 3, cin, cout))
+    ref = lambda x, w: _plain_conv(upsample2x(x), w, 1, 1)  # noqa: E731
+    fast = jax.jit(upsample_conv3x3)
+    np.testing.assert_allclose(fast(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(x, w)
+    g_fast = jax.jit(jax.grad(loss(upsample_conv3x3), argnums=(0, 1)))(x, w)
+    for a, b in zip(g_fast, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_conv_custom_gradient_matches_lax():
+    from bioaug.gan.networks import conv4x4_s2
+
+    kx, kw = jax.random.split(jax.random.key(2))
+    x = jax.random.normal(kx, (2, 6, 8, 3))
+    w = jax.random.normal(kw, (4, 4, 3, 5))
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+    got = jax.jit(jax.grad(loss(conv4x4_s2), argnums=(0, 1)))(x, w)
+    want = jax.grad(loss(lambda x, w: _plain_conv(x, w, 2, 1)), argnums=(0, 1))(x, w)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cin, k, stride, pad", [(3, 3, 1, 1), (8, 4, 2, 1)])
+def test_conv2d_matches_lax_conv(cin, k, stride, pad):
+    kx, kw = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (2, 8, 8, cin))
+    w = jax.random.normal(kw, (k, k, cin, 6))
+    np.testing.assert_allclose(conv2d(x, w, stride, pad), _plain_conv(x, w, stride, pad),
+                               rtol=1e-4, atol=1e-4)
+    out = conv2d(x, w, stride, pad, jnp.bfloat16)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), _plain_conv(x, w, stride, pad),
+                               rtol=0.05, atol=0.15)
+
+
+# ----------------------------------------------------------------------------- ADA
+def test_diffaugment_probability():
+    x = jax.random.uniform(jax.random.key(0), (64, 16, 16, 1), minval=-1, maxval=1)
+    k = jax.random.key(4)
+    policy = ("translation", "cutout")
+    f = jax.jit(lambda x, k, p: diff_augment(x, k, policy, p))
+    np.testing.assert_array_equal(f(x, k, 0.0), x)
+    np.testing.assert_array_equal(f(x, k, 1.0), diff_augment(x, k, policy))
+    half = np.asarray(f(x, k, 0.5))
+    untouched = np.mean([np.array_equal(half[i], x[i]) for i in range(64)])
+    assert 0.1 < untouched < 0.45  # ~ (1 - 0.5)^2 of the images keep both off
+
+
+# One compiled step with every option on (ADA, lazy R1, LeCam) serves the next tests: the
+# strengths are runtime values, so variants with a negligible R1 or LeCam share its code.
+ALL_ON = dict(ada=True, augment_p=0.5, ada_interval=2, ada_kimg=0.08, r1_gamma=10.0,
+              r1_interval=2, lecam_weight=1.0)
+OFF = 1e-30  # "off" without another compile
+
+
+@pytest.fixture(scope="module")
+def all_on():
+    return {name: _steps({**ALL_ON, **patch}, 2)
+            for name, patch in (("all", {}), ("no_r1", {"r1_gamma": OFF}),
+                                ("no_lecam", {"lecam_weight": OFF}))}
+
+
+def test_ada_p_moves_by_its_step(all_on):
+    cfg, s, _ = all_on["all"]
+    assert cfg.ada_adjust == pytest.approx(0.2)
+    assert round(abs(float(s["aug_p"]) - 0.5), 5) == 0.2  # one adjustment, after step 2
+    assert float(s["ada_acc"][1]) == 0.0  # the interval's counts were reset
+
+
+def test_lazy_r1_only_on_its_steps(all_on):
+    _, _, m = all_on["all"]
+    _, _, no_r1 = all_on["no_r1"]
+    r1 = m[:, 4]
+    assert r1[0] == 0 and r1[1] > 0  # r1_interval 2: steps 2, 4, ...
+    # step 1 has no R1: identical; step 2's D loss adds gamma/2 * interval * penalty
+    np.testing.assert_allclose(m[0], no_r1[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m[1, 0], no_r1[1, 0] + 10.0 * r1[1], rtol=1e-4)
+
+
+def test_lecam_moving_averages_and_loss(all_on):
+    _, s, m = all_on["all"]
+    _, _, no_lecam = all_on["no_lecam"]
+    np.testing.assert_allclose(m[0, 2:4], no_lecam[0, 2:4], rtol=1e-5)  # same D(real), D(fake)
+    assert m[0, 0] > no_lecam[0, 0]  # plus the (positive) regulariser
+    # the moving averages: 0.99 * 0.99 * 0 + ... after two steps, from zeros
+    ema = np.zeros(2)
+    for row in m:
+        ema = 0.99 * ema + 0.01 * row[2:4]
+    np.testing.assert_allclose(np.asarray(s["lecam"]), ema, rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- input
+def test_sharded_tiles_and_loader(tmp_path):
+    rng = np.random.default_rng(0)
+    parts, rows, arrays = [], [], []
+    for i, n in enumerate((7, 12, 5)):
+        a = rng.random((n, 4, 4, 2), dtype=np.float32)
+        np.save(tmp_path / f"s{i}.npy", a)
+        arrays.append(a)
+        rows.append(np.sort(rng.choice(n, size=n // 2 + 1, replace=False)))
+        parts.append(tmp_path / f"s{i}.npy")
+    src = ShardedTiles.from_npys(parts, rows)
+    full = np.concatenate([a[r] for a, r in zip(arrays, rows)])
+    assert src.shape == full.shape and len(src) == len(full)
+    idx = rng.integers(0, len(full), 40)
+    np.testing.assert_array_equal(src.gather(idx), full[idx])
+    mm = ArrayTiles(np.load(parts[1], mmap_mode="r"))
+    assert not mm.in_memory
+    np.testing.assert_array_equal(mm.gather(np.array([3, 1, 3])), arrays[1][[3, 1, 3]])
+
+    labels = rng.integers(0, 3, len(full))
+    want = [gather_batch(full, labels, i)
+            for i in itertools.islice(class_balanced_indices(labels, 6, 9, start_step=4), 5)]
+    with BatchLoader(src, labels, 6, 9, start_step=4, prefetch=2) as loader:
+        got = [next(loader) for _ in range(5)]
+    for (xa, ya), (xb, yb) in zip(want, got):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+    bad = full.copy()
+    bad[:] = np.nan
+    with BatchLoader(bad, labels, 6, 9, check_finite=True) as loader:
+        with pytest.raises(FloatingPointError):
+            next(loader)
+
+
+def test_train_gan_from_memory_mapped_shards(tmp_path):
+    """train_gan on memory-mapped shards takes the steps the in-memory path takes."""
+    tiles, labels = _data()
+    np.save(tmp_path / "a.npy", tiles[:13])
+    np.save(tmp_path / "b.npy", tiles[13:])
+    src = ShardedTiles.from_npys([tmp_path / "a.npy", tmp_path / "b.npy"])
+    cfg = {**TINY, "steps": 4}
+    res = train_gan(src, labels, ["a", "b", "c"], cfg, checkpoint_dir=tmp_path / "ck",
+                    generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
+                    samples_png=tmp_path / "s.png")
+    assert res["steps_done"] == 4 and (tmp_path / "gen" / "generator.json").exists()
+    _, state = T.load_checkpoint(tmp_path / "ck", GanConfig.from_dict(cfg, 16, 1, 3))
+    _, in_memory, _ = _steps({"steps": 4}, 4, (tiles, labels))  # the same 4 batches
+    for a, b in zip(jax.tree.leaves(state["g"]), jax.tree.leaves(in_memory["g"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert float(state["aug_p"]) == 1.0  # without ADA: every image augmented
+    # the same data, held either way, has the same fingerprint (resume does not warn)
+    assert T._data_fingerprint(ArrayTiles(tiles), labels) == T._data_fingerprint(src, labels)
+
+
+def test_sharded_tiles_match_load_tiles(tmp_path):
+    import pandas as pd
+
+    from bioaug.gan.input_pipeline import sharded_tiles
+    from bioaug.tilestore import load_tiles, write_shard
+
+    rng = np.random.default_rng(2)
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(12)],
+                          "label": list("abcab" * 2 + "cc"),
+                          "split": ["train", "val", "train", "train"] * 3})
+    shards = []
+    for s, ids in enumerate((range(0, 7), range(7, 12))):
+        meta = pd.DataFrame({"tile_id": [f"t{k}" for k in ids], "item_id": [f"i{k}" for k in ids],
+                             "label": items["label"].iloc[list(ids)].tolist(),
+                             "image": ["img"] * len(ids)})
+        npy = tmp_path / f"shard{s}.npy"
+        write_shard(npy, rng.random((len(ids), 4, 4, 1), dtype=np.float32), meta,
+                    pd.DataFrame(columns=["image", "channel", "low", "high"]))
+        shards.append(npy)
+    x, y, rows = load_tiles(shards, items)
+    src, y2, rows2 = sharded_tiles(shards, items)
+    np.testing.assert_array_equal(src.gather(np.arange(len(src))), x)
+    np.testing.assert_array_equal(y2, y)
+    pd.testing.assert_frame_equal(rows2, rows)
+
+
+# ----------------------------------------------------------------------------- runtime
+def test_configure_jax_respects_user_xla_flags():
+    code = ("import os, jax\nfrom bioaug.runtime import configure_jax, XLA_CPU_FLAGS\n"
+            "configure_jax()\nprint(repr(os.environ.get('XLA_FLAGS')), repr(XLA_CPU_FLAGS))\n")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    unset = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env, timeout=60)
+    assert unset.returncode == 0, unset.stderr
+    flags, expected = unset.stdout.strip().split(" ", 1)
+    expected = eval(expected)  # noqa: S307 - a tuple of str we printed
+    assert eval(flags) == (" ".join(expected) if expected else None)  # noqa: S307
+    env["XLA_FLAGS"] = "--xla_cpu_enable_fast_math=false"
+    user = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert user.returncode == 0, user.stderr
+    assert user.stdout.startswith("'--xla_cpu_enable_fast_math=false'")
+    # flags set by configure_jax after `import jax` reach XLA (an unknown one is fatal there)
+    probe = ("import jax, bioaug.runtime as r\nr.XLA_CPU_FLAGS = ('--xla_no_such_flag_bioaug=1',)\n"
+             "r.configure_jax()\nimport jax.numpy as jnp\nprint(jnp.ones(2).sum())\n")
+    del env["XLA_FLAGS"]
+    dead = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert dead.returncode != 0 and "xla_no_such_flag_bioaug" in dead.stderr
