@@ -292,3 +292,26 @@ def test_configure_jax_respects_user_xla_flags():
     dead = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           env=env, timeout=60)
     assert dead.returncode != 0 and "xla_no_such_flag_bioaug" in dead.stderr
+
+
+def test_checkpoint_of_an_older_layout_restores(tmp_path):
+    """A checkpoint without the ADA / LeCam entries (and a shorter metrics vector) resumes:
+    what it has is restored, the rest starts fresh."""
+    import orbax.checkpoint as ocp
+
+    cfg = GanConfig.from_dict(TINY, 16, 1, 3)
+    _, _, state = T.init_train_state(cfg)
+    old = {k: v for k, v in state.items() if k not in ("aug_p", "ada_acc", "lecam")}
+    old["metrics"] = np.zeros(5, np.float32)
+    old["step"] = np.int32(7)
+    mgr = ocp.CheckpointManager(tmp_path)
+    mgr.save(7, args=ocp.args.StandardSave(old))
+    mgr.wait_until_finished()
+    try:
+        restored = T._restore(mgr, 7, state, T.make_mesh())
+    finally:
+        mgr.close()
+    assert restored.keys() == state.keys() and int(restored["step"]) == 7
+    assert float(restored["aug_p"]) == 1.0 and restored["metrics"].shape == (T.N_METRICS,)
+    for a, b in zip(jax.tree.leaves(restored["g"]), jax.tree.leaves(state["g"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

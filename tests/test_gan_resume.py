@@ -98,7 +98,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            steps = _logged_steps(killed_dir / "log.csv")
+            steps = _logged_steps(killed_dir / "ckpt" / "train_log.csv")  # the live log
             if steps and steps[-1] >= target and _finished_checkpoints(killed_dir / "ckpt"):
                 break
             time.sleep(0.005)
@@ -112,8 +112,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = _logged_steps(killed_dir / "log.csv")[-1]
+    killed_at = _logged_steps(killed_dir / "ckpt" / "train_log.csv")[-1]
     assert CKPT_EVERY < killed_at < STEPS
+    # as Snakemake does before a retry: the failed job's declared outputs are gone
+    assert not (killed_dir / "log.csv").exists()
 
     resumed = _run(killed_dir)
     assert resumed.returncode == 0, resumed.stderr[-5000:]

@@ -314,12 +314,9 @@ def test_preempted_train_gan_resumes_from_checkpoint(preempted_run):
     assert set(log["step"]) >= set(range(step + PREEMPT_LOG, PREEMPT_STEPS + 1, PREEMPT_LOG))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "train_log.csv is a declared output of train_gan: Snakemake deletes it when the job "
-    "fails and again before the retry, so the resumed run (bioaug.gan.train._prepare_csv) "
-    "finds no rows up to the checkpoint to keep; they must be kept outside the outputs "
-    "(e.g. beside the checkpoints) to survive a retry"))
 def test_preempted_train_log_has_every_step_once(preempted_run):
+    # Snakemake deletes a failed job's declared outputs (train_log.csv among them) before the
+    # retry; the GAN keeps its log beside the checkpoints, so no row is lost.
     run, _ = preempted_run
     log = pd.read_csv(run.workdir / "results" / DS / "gan" / "train_log.csv")
     assert log["step"].tolist() == list(range(PREEMPT_LOG, PREEMPT_STEPS + 1, PREEMPT_LOG))

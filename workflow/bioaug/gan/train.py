@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -442,14 +443,18 @@ def _restore(mgr: ocp.CheckpointManager, step: int, template, mesh=None):
     try:
         restored = mgr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception:  # an older checkpoint: restore the entries it has with today's shapes
-        meta = ocp.StandardCheckpointHandler().metadata(Path(mgr.directory) / str(step) / "default")
-        same = lambda k: (jax.tree.structure(meta[k]) == jax.tree.structure(abstract[k])  # noqa: E731
-                          and all(tuple(m.shape) == a.shape for m, a in
-                                  zip(jax.tree.leaves(meta[k]), jax.tree.leaves(abstract[k]))))
+        item_dir = Path(mgr.directory) / str(step) / "default"
+        meta = ocp.StandardCheckpointHandler().metadata(item_dir)
+        shapes = lambda tree: sorted(tuple(x.shape) for x in jax.tree.leaves(tree))  # noqa: E731
+        same = lambda k: shapes(meta[k]) == shapes(abstract[k])  # noqa: E731 (keys: '0' vs 0)
         keep = {k: v for k, v in abstract.items() if k in meta.keys() and same(k)}
         if not {"g", "d", "opt_g", "opt_d", "ema", "step"} <= keep.keys():
             raise
-        restored = mgr.restore(step, args=ocp.args.StandardRestore(keep))
+        with ocp.PyTreeCheckpointer() as ckptr:
+            restored = ckptr.restore(
+                item_dir, args=ocp.args.PyTreeRestore(
+                    item=keep, restore_args=ocp.checkpoint_utils.construct_restore_args(keep),
+                    partial_restore=True))
     if mesh is None:
         restored = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored)
     return {k: restored[k] if k in restored else template[k] for k in template}
@@ -602,6 +607,10 @@ def train_gan(tiles, labels: np.ndarray, class_names: list[str],
         rows = slice(proc * per, (proc + 1) * per)
     checkpoint_dir = Path(checkpoint_dir).resolve()
     log_csv = Path(log_csv)
+    # The log is kept beside the checkpoints (not a declared output, so Snakemake does not
+    # delete it when a job fails or is preempted) and published to log_csv at the end:
+    # a resumed run then still has every row from before its checkpoint.
+    work_csv = Path(checkpoint_dir).resolve() / "train_log.csv"
 
     g_def, d_def, state = init_train_state(cfg, mesh)
     fingerprint = _data_fingerprint(tiles, labels)
@@ -626,7 +635,7 @@ def train_gan(tiles, labels: np.ndarray, class_names: list[str],
         if is_main:
             _write_json_atomic(checkpoint_dir / RUN_META,
                                {"config": cfg.to_dict(), "data": fingerprint})
-            elapsed_offset = _prepare_csv(log_csv, start)
+            elapsed_offset = _prepare_csv(work_csv, start)
         else:
             elapsed_offset = 0.0
 
@@ -646,7 +655,7 @@ def train_gan(tiles, labels: np.ndarray, class_names: list[str],
                                  place=place, prefetch=2,
                                  check_finite=not getattr(tiles, "in_memory", False), rows=rows)
             if is_main:
-                csv_file = open(log_csv, "a", newline="")
+                csv_file = open(work_csv, "a", newline="")
                 writer = csv.writer(csv_file)
             bar = progress(total=cfg.steps - start, desc="train_gan")
             t_run = time.perf_counter()
@@ -706,6 +715,13 @@ def train_gan(tiles, labels: np.ndarray, class_names: list[str],
         if is_main:
             _export(cfg, g_def, state, classes, class_names, Path(generator_dir),
                     Path(samples_png))
+            if csv_file is not None:
+                csv_file.close()
+                csv_file = None
+            if not work_csv.exists():
+                _prepare_csv(work_csv, 0)
+            with atomic_path(log_csv) as tmp:
+                shutil.copyfile(work_csv, tmp)
     finally:
         if loader is not None:
             loader.close()
