@@ -128,9 +128,33 @@ def _phase_matmul(x: jax.Array, k: jax.Array, cout: int) -> jax.Array:
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     patches = jnp.concatenate([xp[:, i:i + h + 1, j:j + wd + 1] for i in (0, 1) for j in (0, 1)],
                               axis=-1)
-    y = (patches @ k).reshape(b, h + 1, wd + 1, 2, 2, cout)
+    m = b * (h + 1) * (wd + 1)
+    y = _matmul(patches.reshape(m, -1), k).reshape(b, h + 1, wd + 1, 2, 2, cout)
     rows = [jnp.stack([y[:, a:a + h, c:c + wd, a, c] for c in (0, 1)], axis=3) for a in (0, 1)]
     return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * wd, cout)
+
+
+@jax.custom_vjp
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b for 2-D operands, with gradients as plain row-major matmuls.
+
+    XLA:CPU lowers the weight gradient a^T @ g of a tall matmul as a dot contracting the
+    leading dimensions, which it does not hand to YNNPACK; here a^T is materialised
+    first, so both gradients are ordinary (M, K) @ (K, N) products.
+    """
+    return a @ b
+
+
+def _matmul_fwd(a, b):
+    return a @ b, (a, b)
+
+
+def _matmul_bwd(res, g):
+    a, b = res
+    return g @ b.T, jnp.transpose(a) @ g
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def _plain_conv(x, w, stride, padding):
