@@ -83,30 +83,36 @@ class ShardWriter:
                 shutil.copyfileobj(raw, out, length=16 * 1024 * 1024)
 
 
-def load_tiles(shard_npys, items: pd.DataFrame, splits=("train",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Tiles of the given splits from all shards, as (x, y, rows) with y the class index.
+def select_tiles(shard_npys, items: pd.DataFrame, splits=("train",)):
+    """Which shard rows belong to `splits`, without reading tiles.
 
-    `items` is items.csv; class indices follow `class_names(items)`.
+    Returns (parts, y, rows): parts is a list of (memory-mapped shard, sorted row indices),
+    y the class indices (order of `class_names(items)`), rows the matching metadata table,
+    all in the same order.
     """
-    names = class_names(items)
-    index = {n: i for i, n in enumerate(names)}
+    index = {n: i for i, n in enumerate(class_names(items))}
     wanted = items.loc[items["split"].isin(splits), ["item_id", "split"]]
-    xs, rows = [], []
+    parts, rows = [], []
     for npy in shard_npys:
         npy, csv, _ = shard_files(npy)
         meta = pd.read_csv(csv)
         meta["row"] = np.arange(len(meta))
         sel = meta.merge(wanted, on="item_id", how="inner")
         if len(sel):
-            arr = np.load(npy, mmap_mode="r")
-            xs.append(np.asarray(arr[np.sort(sel["row"].to_numpy())]))
+            parts.append((np.load(npy, mmap_mode="r"), np.sort(sel["row"].to_numpy())))
             rows.append(sel.sort_values("row"))
     if not rows:
         raise BioaugError(f"no tiles found for split(s) {list(splits)}")
     table = pd.concat(rows, ignore_index=True)
-    x = np.concatenate(xs)
     y = table["label"].map(index).to_numpy(np.int32)
-    return x, y, table.drop(columns="row")
+    return parts, y, table.drop(columns="row")
+
+
+def load_tiles(shard_npys, items: pd.DataFrame, splits=("train",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Tiles of the given splits from all shards, in memory, as (x, y, rows) with y the class
+    index (`items` is items.csv; class indices follow `class_names(items)`)."""
+    parts, y, table = select_tiles(shard_npys, items, splits)
+    return np.concatenate([np.asarray(arr[idx]) for arr, idx in parts]), y, table
 
 
 def class_names(items: pd.DataFrame) -> list[str]:

@@ -138,27 +138,10 @@ def sharded_tiles(shard_npys, items, splits=("train",)):
     but the tiles stay in the memory-mapped shards; pass the source to `train_gan` where
     the training tiles may not fit in memory.
     """
-    import pandas as pd
+    from bioaug.tilestore import select_tiles
 
-    from bioaug.runtime import BioaugError
-    from bioaug.tilestore import class_names, shard_files
-
-    index = {n: i for i, n in enumerate(class_names(items))}
-    wanted = items.loc[items["split"].isin(splits), ["item_id", "split"]]
-    parts, rows = [], []
-    for npy in shard_npys:
-        npy, csv, _ = shard_files(npy)
-        meta = pd.read_csv(csv)
-        meta["row"] = np.arange(len(meta))
-        sel = meta.merge(wanted, on="item_id", how="inner")
-        if len(sel):
-            parts.append((np.load(npy, mmap_mode="r"), np.sort(sel["row"].to_numpy())))
-            rows.append(sel.sort_values("row"))
-    if not rows:
-        raise BioaugError(f"no tiles found for split(s) {list(splits)}")
-    table = pd.concat(rows, ignore_index=True)
-    y = table["label"].map(index).to_numpy(np.int32)
-    return ShardedTiles(parts), y, table.drop(columns="row")
+    parts, y, rows = select_tiles(shard_npys, items, splits)
+    return ShardedTiles(parts), y, rows
 
 
 def as_tile_source(tiles: Any):
