@@ -19,7 +19,7 @@ only, one round of a few seconds (< 30 s on 2 cores); the PyTorch peer is skippe
 note, where torch is not importable (it is a dependency of this benchmark only:
 `pip install torch==2.13.0`). Prints a table and, last, one JSON line.
 
-    .venv/bin/python tests/benchmarks/bench_gan_step.py            # ~4 min
+    .venv/bin/python tests/benchmarks/bench_gan_step.py            # ~5 min
     .venv/bin/python tests/benchmarks/bench_gan_step.py --small
     .venv/bin/python tests/benchmarks/bench_gan_step.py --flag-ab  # XLA:CPU flag A/B
 """

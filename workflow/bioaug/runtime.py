@@ -72,8 +72,9 @@ def atomic_path(path: str | os.PathLike):
 # (tests/benchmarks/bench_gan_step.py machinery, loaded 2-core machine): default 0.439,
 # "" (YNNPACK off, what the PyTorch-peer README suggested) 0.484, individual_dot 0.469,
 # individual_dot,reduce 0.589 steps/s (+34% over the default); adding eltwise (0.53) or
-# individual_convolution (0.48) was slower. It changes how XLA:CPU compiles, not what it
-# computes (beyond float rounding). An unknown fusion type aborts XLA at start-up, so the
+# individual_convolution (0.48) was slower. At 2 threads (`bench_gan_step.py --flag-ab`,
+# 3 rounds) the best rounds were 1.350 (flag) vs 0.904 (defaults) steps/s. It changes
+# how XLA:CPU compiles, not what it computes (beyond float rounding). An unknown fusion type aborts XLA at start-up, so the
 # flags are only set for the jaxlib versions they were measured with.
 XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce",)
 XLA_CPU_FLAGS_JAXLIB = ("0.10.",)  # jaxlib version prefixes the flags are known to suit
