@@ -76,3 +76,11 @@ def test_safe_name():
     assert safe_name("Platelets") == "Platelets"
     assert safe_name("T cell / CD4+") == "T_cell_CD4"
     assert safe_name("..") == "class"
+
+
+def test_schema_lists_exactly_the_gan_keys():
+    """Every key GanConfig reads is in the schema (documented, type-checked) and no more."""
+    from bioaug.gan import GanConfig
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    assert set(schema["$defs"]["gan"]["properties"]) == set(GanConfig.config_keys())

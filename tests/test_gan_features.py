@@ -65,6 +65,9 @@ def _steps(cfg_dict, n, data=None):
     ({"r1_interval": 0}, "gan.r1_interval"),
     ({"lecam_weight": -0.5}, "gan.lecam_weight"),
     ({"compute_dtype": "float16"}, "gan.compute_dtype"),
+    ({"mode_seeking_weight": -1}, "gan.mode_seeking_weight"),
+    ({"mode_seeking_weight": 1, "batch_size": 7}, "gan.batch_size"),
+    ({"conditional_bn": "yes"}, "gan.conditional_bn"),
 ])
 def test_new_config_errors_name_the_key(patch, key):
     with pytest.raises(BioaugError, match=re.escape(key)):
@@ -185,6 +188,89 @@ def test_lecam_moving_averages_and_loss(all_on):
     for row in m:
         ema = 0.99 * ema + 0.01 * row[2:4]
     np.testing.assert_allclose(np.asarray(s["lecam"]), ema, rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- diversity
+def test_mode_seeking_term_values():
+    from bioaug.gan.losses import MODE_SEEKING_EPS, mode_seeking
+
+    z = jnp.asarray([[0.0, 0.0], [1.0, 3.0], [2.0, 2.0], [2.0, 0.0]])  # |dz| means 2 and 1
+    same = jnp.ones((4, 3, 3, 1))
+    assert float(mode_seeking(same, z)) == pytest.approx(1.0 / MODE_SEEKING_EPS)  # collapsed
+    x = jnp.concatenate([jnp.zeros((1, 3, 3, 1)), jnp.full((1, 3, 3, 1), 0.6),
+                         jnp.zeros((1, 3, 3, 1)), jnp.full((1, 3, 3, 1), 0.3)])
+    # mean |dx| over both pairs 0.45, mean |dz| 1.5: 1 / (0.3 + eps)
+    assert float(mode_seeking(x, z)) == pytest.approx(1.0 / (0.3 + MODE_SEEKING_EPS), rel=1e-5)
+    # further-apart images for the same latents: a smaller term (what G is pushed towards)
+    assert float(mode_seeking(2 * x, z)) < float(mode_seeking(x, z))
+    # capped at the real diversity: zero, and no push, once the pairs are that far apart
+    assert float(mode_seeking(x, z, 0.2)) == 0.0
+    assert float(jnp.abs(jax.grad(lambda a: mode_seeking(a, z, 0.2))(x)).max()) == 0.0
+    assert float(mode_seeking(x, z, 0.6)) == pytest.approx(
+        1 / (0.3 + MODE_SEEKING_EPS) - 1 / (0.6 + MODE_SEEKING_EPS), rel=1e-5)
+
+
+def test_mode_seeking_cap_is_the_real_same_class_distance():
+    from bioaug.gan.input_pipeline import same_class_pair_distance
+    from bioaug.gan.losses import LATENT_PAIR_DISTANCE
+
+    # class 0: tiles 0 and 1 (distance 1); class 1: 0.2 and 0.4 (0.2); class 2: one tile
+    values = np.array([0.0, 1.0, 0.2, 0.4, 0.7], np.float32)
+    tiles = np.broadcast_to(values[:, None, None, None], (5, 3, 3, 2)).copy()
+    labels = np.array([0, 0, 1, 1, 2])
+    assert same_class_pair_distance(tiles, labels, seed=0) == pytest.approx(0.6)
+    assert T.mode_seeking_target(tiles, labels, 0) == pytest.approx(1.2 / LATENT_PAIR_DISTANCE)
+    assert same_class_pair_distance(tiles[[0, 2, 4]], np.array([0, 1, 2]), seed=0) == 0.0
+    # E|a - b| for a, b ~ N(0, 1), the latent side of the ratio
+    r = np.random.default_rng(0).standard_normal((2, 200_000))
+    assert np.mean(np.abs(r[0] - r[1])) == pytest.approx(LATENT_PAIR_DISTANCE, rel=0.01)
+
+
+def test_class_batchnorm_is_batchnorm_until_its_class_table_moves():
+    from flax import nnx
+
+    from bioaug.gan.networks import BN_EPSILON, BN_MOMENTUM, ClassBatchNorm
+
+    x = jax.random.normal(jax.random.key(1), (6, 4, 4, 3)) * 2.0 + 1.0
+    y = jnp.asarray([0, 1, 2, 0, 1, 2])
+    plain = nnx.BatchNorm(3, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=nnx.Rngs(0))
+    cond = ClassBatchNorm(3, 3, True, rngs=nnx.Rngs(0))
+    want = plain(x, use_running_average=False)
+    np.testing.assert_allclose(cond(x, y, train=True), want, rtol=1e-6, atol=1e-6)
+    table = np.zeros((3, 6), np.float32)
+    table[1, :3], table[1, 3:] = 1.0, 0.5  # class 1: gain x2, shift +0.5
+    cond.class_affine.embedding[...] = jnp.asarray(table)
+    got = np.asarray(cond(x, y, train=True))
+    np.testing.assert_allclose(got[y != 1], np.asarray(want)[np.asarray(y) != 1], atol=1e-6)
+    np.testing.assert_allclose(got[y == 1], 2 * np.asarray(want)[np.asarray(y) == 1] + 0.5,
+                               rtol=1e-5, atol=1e-5)
+    # without `conditional` it has exactly BatchNorm's parameters (the reference layout)
+    flat = ClassBatchNorm(3, 3, False, rngs=nnx.Rngs(0))
+    assert jax.tree.structure(nnx.state(flat, nnx.Param)) == \
+        jax.tree.structure(nnx.state(plain, nnx.Param))
+
+
+def test_conditional_bn_and_mode_seeking_train_and_sample(tmp_path):
+    from bioaug.gan import load_generator, sample_tiles
+
+    tiles, labels = _data()
+    cfg = {**TINY, "steps": 4, "conditional_bn": True, "mode_seeking_weight": 1.0}
+    res = train_gan(tiles, labels, ["a", "b", "c"], cfg, checkpoint_dir=tmp_path / "ck",
+                    generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
+                    samples_png=tmp_path / "s.png")
+    assert res["steps_done"] == 4 and np.isfinite(res["g_loss"])
+    gen = load_generator(tmp_path / "gen")
+    assert gen.meta["conditional_bn"] is True
+    a, b = sample_tiles(gen, 0, np.arange(6)), sample_tiles(gen, 1, np.arange(6))
+    np.testing.assert_array_equal(a, sample_tiles(gen, 0, np.arange(6)))  # deterministic
+    assert a.shape == (6, 16, 16, 1) and not np.array_equal(a, b)
+    # the per-class tables were trained (they start at zero)
+    _, state = T.load_checkpoint(tmp_path / "ck", GanConfig.from_dict(cfg, 16, 1, 3))
+    assert float(np.abs(np.asarray(state["g"]["params"]["bn0"]["class_affine"]["embedding"])).max()) > 0
+    # the mode-seeking term (>= 0) is part of G's logged loss
+    _, _, plain = _steps({"conditional_bn": True}, 1)
+    _, _, with_ms = _steps({"conditional_bn": True, "mode_seeking_weight": 1.0}, 1)
+    assert with_ms[0, 1] > plain[0, 1]
 
 
 # ----------------------------------------------------------------------------- input

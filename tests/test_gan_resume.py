@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from bioaug.gan import GanConfig, load_generator
 from bioaug.gan.train import CSV_HEADER, load_checkpoint
@@ -87,6 +88,7 @@ def _finished_checkpoints(ckpt: Path) -> list[int]:
     return sorted(int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+@pytest.mark.slow  # three training processes, 30-50 s
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     killed_dir, ref_dir = tmp_path / "killed", tmp_path / "reference"
     target = random.Random().randint(CKPT_EVERY + 1, STEPS * 2 // 3)

@@ -8,10 +8,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from bioaug.images import image_shape, read_image
+from bioaug.images import ImageSource, image_shape, read_image
 from bioaug.runtime import BioaugError
 from bioaug.tilestore import class_names, load_tiles, shard_files, write_shard
-from bioaug.tiling import centred_crops, n_shards, normalise, shard_images, tile_images
+from bioaug.tiling import (_gather_crops, apply_stats, n_shards, percentile_stats, shard_images,
+                            tile_images)
 
 
 def test_read_tiff_layouts(tmp_path):
@@ -45,22 +46,27 @@ def test_read_errors_name_the_file(tmp_path):
         read_image(tmp_path / "nan.tif")
 
 
+def _normalise(img, low_pct, high_pct):
+    low, high = percentile_stats(img, low_pct, high_pct)
+    return apply_stats(img, low, high), low, high
+
+
 def test_normalise_maps_percentiles_per_channel():
     rng = np.random.default_rng(0)
     img = np.stack([rng.uniform(100, 200, (50, 50)), rng.uniform(1000, 5000, (50, 50))], -1).astype(np.float32)
-    out, low, high = normalise(img, 1.0, 99.0)
+    out, low, high = _normalise(img, 1.0, 99.0)
     assert out.min() == 0.0 and out.max() == 1.0 and out.dtype == np.float32
     np.testing.assert_allclose(low, np.percentile(img.reshape(-1, 2), 1.0, axis=0), rtol=1e-6)
     # about 1% of pixels saturate at each end, per channel
     for c in range(2):
         assert 0.005 < (out[..., c] == 1.0).mean() < 0.02
-    flat, *_ = normalise(np.full((4, 4, 1), 7.0, np.float32), 1, 99)  # constant image: no division by 0
+    flat, *_ = _normalise(np.full((4, 4, 1), 7.0, np.float32), 1, 99)  # constant image: no division by 0
     assert np.isfinite(flat).all()
 
 
 def test_centred_crops_are_centred_and_reflect_padded():
     img = np.arange(20 * 30, dtype=np.float32).reshape(20, 30, 1)
-    crops = centred_crops(img, np.array([10.0, 0.0]), np.array([5.0, 19.0]), 8)
+    crops = _gather_crops(ImageSource("img", img, None), np.array([10.0, 0.0]), np.array([5.0, 19.0]), 8)
     assert crops.shape == (2, 8, 8, 1)
     assert crops[0, 4, 4, 0] == img[5, 10, 0]  # centre pixel at (size//2, size//2)
     np.testing.assert_array_equal(crops[0], img[1:9, 6:14])

@@ -74,28 +74,6 @@ def apply_stats(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.clip((x - low) / scale, 0.0, 1.0).astype(np.float32)
 
 
-def normalise(image: np.ndarray, low_pct: float, high_pct: float):
-    """Normalise a whole (H, W, C) image; returns (normalised, low, high).
-
-    Per-image statistics absorb differences in exposure and illumination between fields.
-    """
-    low, high = percentile_stats(image, low_pct, high_pct)
-    return apply_stats(image, low, high), low, high
-
-
-def centred_crops(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, size: int) -> np.ndarray:
-    """(N, size, size, C) crops of an in-memory image centred on (x, y), reflect-padded.
-
-    Same placement as ImageSource.region (top-left at round(y) - size//2), in one gather.
-    """
-    pad = size // 2 + 1
-    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size), axis=(0, 1))  # (H', W', C, s, s)
-    tops = np.round(np.asarray(ys, float)).astype(int) - size // 2 + pad
-    lefts = np.round(np.asarray(xs, float)).astype(int) - size // 2 + pad
-    return np.ascontiguousarray(windows[tops, lefts].transpose(0, 2, 3, 1), dtype=np.float32)
-
-
 def _gather_crops(src, xs: np.ndarray, ys: np.ndarray, size: int) -> np.ndarray:
     """Crops of an in-memory image source: interior ones in one strided gather on the raw
     pixels, the few that reach past the border through the reflect-padding region reader."""

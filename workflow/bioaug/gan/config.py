@@ -16,7 +16,7 @@ ADA_MAX_KIMG = 500.0      # StyleGAN2-ADA: p can go 0 -> 1 in 500k real images
 ADA_AUTO_FRACTION = 0.1   # ... or, for shorter runs, in a tenth of the run's images
 
 # Keys whose change makes an existing checkpoint unusable (the parameter shapes differ).
-ARCHITECTURE_KEYS = ("z_dim", "g_channels", "d_channels", "spectral_norm",
+ARCHITECTURE_KEYS = ("z_dim", "g_channels", "d_channels", "spectral_norm", "conditional_bn",
                      "tile_size", "channels", "n_classes")
 
 
@@ -37,6 +37,7 @@ class GanConfig:
     betas: tuple[float, float] = (0.0, 0.9)
     loss: str = "hinge"
     spectral_norm: bool = True
+    conditional_bn: bool = False      # class-dependent BN scale/shift in G (off: the reference net)
     diffaugment: tuple[str, ...] = ("color", "translation", "cutout")
     ema_half_life_steps: float = 50.0
     checkpoint_every: int = 250
@@ -52,6 +53,8 @@ class GanConfig:
     r1_gamma: float = 0.0             # R1 penalty gamma/2 E||grad_x D(x_real)||^2; 0 = off
     r1_interval: int = 16             # lazy R1: every this many steps, scaled by it
     lecam_weight: float = 0.0         # LeCam regulariser weight; 0 = off
+    # Regulariser of G.
+    mode_seeking_weight: float = 0.0  # MSGAN diversity term: pairs of z, same class; 0 = off
     compute_dtype: str = "float32"    # matmul/conv operands: float32 | bfloat16
 
     # ------------------------------------------------------------------ construction
@@ -110,7 +113,7 @@ class GanConfig:
             if not kw["ada_kimg"] > 0:
                 raise BioaugError(f"gan.ada_kimg: must be > 0 (or null: automatic), "
                                   f"got {d['ada_kimg']!r}")
-        for key in ("r1_gamma", "lecam_weight"):
+        for key in ("r1_gamma", "lecam_weight", "mode_seeking_weight"):
             if key in d:
                 kw[key] = _float(f"gan.{key}", d[key])
                 if kw[key] < 0:
@@ -132,10 +135,11 @@ class GanConfig:
             if d["loss"] not in LOSSES:
                 raise BioaugError(f"gan.loss: expected one of {', '.join(LOSSES)}, got {d['loss']!r}")
             kw["loss"] = d["loss"]
-        if "spectral_norm" in d:
-            if not isinstance(d["spectral_norm"], bool):
-                raise BioaugError(f"gan.spectral_norm: expected true or false, got {d['spectral_norm']!r}")
-            kw["spectral_norm"] = d["spectral_norm"]
+        for key in ("spectral_norm", "conditional_bn"):
+            if key in d:
+                if not isinstance(d[key], bool):
+                    raise BioaugError(f"gan.{key}: expected true or false, got {d[key]!r}")
+                kw[key] = d[key]
         if "diffaugment" in d:
             v = d["diffaugment"]
             if v is None:
@@ -152,6 +156,9 @@ class GanConfig:
 
         cfg = cls(tile_size=tile_size, channels=channels, n_classes=n_classes, **kw)
         cfg._check_shapes()
+        if cfg.mode_seeking_weight > 0 and cfg.batch_size % 2:
+            raise BioaugError(f"gan.batch_size: {cfg.batch_size} must be even with "
+                              f"gan.mode_seeking_weight > 0 (the term compares pairs of samples)")
         return cfg
 
     def _check_shapes(self) -> None:

@@ -45,6 +45,29 @@ def class_balanced_indices(labels: np.ndarray, batch_size: int, seed: int,
         step += 1
 
 
+def same_class_pair_distance(tiles, labels: np.ndarray, seed: int,
+                             pairs_per_class: int = 256) -> float:
+    """Mean pixel distance |x_a - x_b| between two distinct tiles of one class (tile units),
+    averaged over the classes with at least two tiles; 0.0 if none has two.
+
+    The pairs are drawn from (seed, class), so the value is the same in a resumed run.
+    """
+    source = as_tile_source(tiles)
+    labels = np.asarray(labels)
+    per_class = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < 2:
+            continue
+        rng = np.random.default_rng((int(seed), 7, int(c)))
+        a = rng.integers(0, len(members), pairs_per_class)
+        b = (a + rng.integers(1, len(members), pairs_per_class)) % len(members)  # b != a
+        idx = np.concatenate([members[a], members[b]])
+        x = source.gather(idx).astype(np.float32)
+        per_class.append(float(np.mean(np.abs(x[:pairs_per_class] - x[pairs_per_class:]))))
+    return float(np.mean(per_class)) if per_class else 0.0
+
+
 def gather_batch(tiles, labels: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The (x, y) batch for `idx` from an array (in memory or memory-mapped) or a tile source."""
     x = tiles.gather(idx) if hasattr(tiles, "gather") else _gather_rows(tiles, idx)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -33,3 +35,30 @@ def lecam_reg(real_logits: jax.Array, fake_logits: jax.Array, ema_real: jax.Arra
     """
     return (jnp.mean(jnp.square(jax.nn.relu(real_logits - ema_fake)))
             + jnp.mean(jnp.square(jax.nn.relu(ema_real - fake_logits))))
+
+
+MODE_SEEKING_EPS = 1e-5
+
+
+def mode_seeking(images: jax.Array, z: jax.Array, target: jax.Array | float = jnp.inf) -> jax.Array:
+    """Mode-seeking term of MSGAN (Mao et al., 2019), capped at the data's diversity; G
+    minimises it.
+
+    Rows 2i and 2i+1 of `images` are G(z_2i, y) and G(z_2i+1, y) for one class y. With
+    ratio = mean |x_a - x_b| / mean |z_a - z_b|, the term is 1 / (min(ratio, target) + eps)
+    minus its value at the cap: large when G maps distinct latents to one image (mode
+    collapse within a class), zero with no gradient once the pairs differ as much as
+    `target` says real tiles of one class do (see `train.mode_seeking_target`), so G is pushed towards
+    the real diversity, not past it into noise (the uncapped term, target=inf, is MSGAN's).
+    """
+    x = images.astype(jnp.float32).reshape(images.shape[0] // 2, 2, -1)
+    zz = z.reshape(z.shape[0] // 2, 2, -1)
+    ratio = (jnp.mean(jnp.abs(x[:, 0] - x[:, 1]))
+             / jnp.mean(jnp.abs(zz[:, 0] - zz[:, 1])))
+    floor = jnp.where(jnp.isfinite(target), 1.0 / (target + MODE_SEEKING_EPS), 0.0)
+    return 1.0 / (jnp.minimum(ratio, target) + MODE_SEEKING_EPS) - floor
+
+
+# E|a - b| for independent a, b ~ N(0, 1): the mean latent distance of a pair of z.
+LATENT_PAIR_DISTANCE = 2.0 / math.sqrt(math.pi)
+

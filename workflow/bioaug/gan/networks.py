@@ -267,23 +267,51 @@ def upsample2x(x: jax.Array) -> jax.Array:
     return x.reshape(b, 2 * h, 2 * w, c)
 
 
-class UpBlock(nnx.Module):
-    """nearest 2x, conv3x3, BN, ReLU; the first two as one `upsample_conv3x3`.
+class ClassBatchNorm(nnx.BatchNorm):
+    """BatchNorm whose scale and shift also depend on the class (conditional BN, as in
+    SNGAN-projection / BigGAN): BN(x) * (1 + gain[y]) + bias[y].
 
-    `self.conv` is an `nnx.Conv` only as the holder of its kernel and bias (the parameter
-    layout of checkpoints is unchanged); it is never called.
+    The class table starts at zero, so at initialisation this is a plain BatchNorm; without
+    `conditional` it *is* the plain BatchNorm (the reference architecture, same parameter
+    layout). Conditioning every layer, not only the input, lets each class keep its own
+    shape and colour statistics instead of one shared set that the class embedding must steer.
     """
 
-    def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, dtype=None):
+    def __init__(self, n: int, n_classes: int, conditional: bool, *, rngs: nnx.Rngs):
+        super().__init__(n, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+        self.conditional = conditional
+        if conditional:
+            self.class_affine = nnx.Embed(n_classes, 2 * n, embedding_init=nnx.initializers.zeros,
+                                          rngs=rngs)
+
+    def __call__(self, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
+        h = super().__call__(x, use_running_average=not train)
+        if not self.conditional:
+            return h
+        gain, bias = jnp.split(self.class_affine(y), 2, axis=-1)
+        shape = (-1,) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+        return h * (1.0 + gain.reshape(shape)) + bias.reshape(shape)
+
+
+class UpBlock(nnx.Module):
+    """nearest 2x, conv3x3, (class-conditional) BN, ReLU; the first two as one
+    `upsample_conv3x3`.
+
+    `self.conv` is an `nnx.Conv` only as the holder of its kernel and bias; it is never
+    called.
+    """
+
+    def __init__(self, cin: int, cout: int, n_classes: int, conditional_bn: bool, *,
+                 rngs: nnx.Rngs, dtype=None):
         self.conv = nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)),
                              kernel_init=torch_default_init, rngs=rngs)
-        self.bn = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+        self.bn = ClassBatchNorm(cout, n_classes, conditional_bn, rngs=rngs)
         self.dtype = dtype
 
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
         x = upsample_conv3x3(x, self.conv.kernel[...], self.dtype)
         x = x.astype(jnp.float32) + self.conv.bias[...]
-        return jax.nn.relu(self.bn(x, use_running_average=not train))
+        return jax.nn.relu(self.bn(x, y, train))
 
 
 class Generator(nnx.Module):
@@ -291,23 +319,24 @@ class Generator(nnx.Module):
 
     concat(z, Embed(y)) -> Linear -> 4x4xg_channels[0] -> BN, ReLU ->
     [nearest 2x, conv3x3, BN, ReLU] per entry of g_channels -> conv3x3 -> tanh.
+    With `conditional_bn` every BN also gets a class-dependent scale and shift
+    (`ClassBatchNorm`); without it this is the reference network of ../shared/bench.
     `train=True` normalises with batch statistics (and updates the running ones);
     `train=False` uses the running statistics, so each sample depends only on its (z, y).
     """
 
     def __init__(self, z_dim: int, n_classes: int, g_channels: Sequence[int],
-                 out_channels: int, *, rngs: nnx.Rngs, dtype=None):
+                 out_channels: int, *, rngs: nnx.Rngs, dtype=None, conditional_bn: bool = False):
         g_channels = tuple(int(c) for c in g_channels)
         self.dtype = dtype
         self.z_dim, self.n_classes, self.c0 = z_dim, n_classes, g_channels[0]
         self.embed = nnx.Embed(n_classes, z_dim, embedding_init=embed_init, rngs=rngs)
         self.fc = nnx.Linear(2 * z_dim, 16 * g_channels[0], kernel_init=torch_default_init,
                              rngs=rngs)
-        self.bn0 = nnx.BatchNorm(g_channels[0], momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                 rngs=rngs)
+        self.bn0 = ClassBatchNorm(g_channels[0], n_classes, conditional_bn, rngs=rngs)
         blocks, cin = [], g_channels[0]
         for c in g_channels:
-            blocks.append(UpBlock(cin, c, rngs=rngs, dtype=dtype))
+            blocks.append(UpBlock(cin, c, n_classes, conditional_bn, rngs=rngs, dtype=dtype))
             cin = c
         self.blocks = nnx.List(blocks)
         self.out = nnx.Conv(cin, out_channels, (3, 3), padding=((1, 1), (1, 1)),
@@ -316,9 +345,9 @@ class Generator(nnx.Module):
     def __call__(self, z: jax.Array, y: jax.Array, *, train: bool) -> jax.Array:
         h = self.fc(jnp.concatenate([z, self.embed(y)], axis=-1))
         h = h.reshape(-1, 4, 4, self.c0)
-        h = jax.nn.relu(self.bn0(h, use_running_average=not train))
+        h = jax.nn.relu(self.bn0(h, y, train))
         for block in self.blocks:
-            h = block(h, train)
+            h = block(h, y, train)
         y = conv2d(h, self.out.kernel[...], 1, 1, self.dtype).astype(jnp.float32)
         return jnp.tanh(y + self.out.bias[...])
 
@@ -370,7 +399,8 @@ def build_networks(cfg, key: jax.Array) -> tuple[Generator, Discriminator]:
     kg, kd = jax.random.split(key)
     dtype = COMPUTE_DTYPES[getattr(cfg, "compute_dtype", "float32")]
     g = Generator(cfg.z_dim, cfg.n_classes, cfg.g_channels, cfg.channels,
-                  rngs=nnx.Rngs(params=kg), dtype=dtype)
+                  rngs=nnx.Rngs(params=kg), dtype=dtype,
+                  conditional_bn=getattr(cfg, "conditional_bn", False))
     d = Discriminator(cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm,
                       rngs=nnx.Rngs(params=kd), dtype=dtype)
     return g, d

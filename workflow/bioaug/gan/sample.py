@@ -48,10 +48,11 @@ def _make_seed_forward(graphdef, z_dim: int) -> Callable:
                    eval_forward(graphdef, params, stats, z_from_seeds(seeds, z_dim), y))
 
 
-def abstract_generator(z_dim: int, n_classes: int, g_channels, out_channels: int):
+def abstract_generator(z_dim: int, n_classes: int, g_channels, out_channels: int,
+                       conditional_bn: bool = False):
     """(graphdef, abstract params, abstract batch stats) without allocating weights."""
     g = nnx.eval_shape(lambda: Generator(z_dim, n_classes, g_channels, out_channels,
-                                         rngs=nnx.Rngs(0)))
+                                         rngs=nnx.Rngs(0), conditional_bn=conditional_bn))
     graphdef, params, stats = nnx.split(g, nnx.Param, nnx.BatchStat)
     return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
 
@@ -127,7 +128,8 @@ def load_generator(generator_dir: Path) -> GeneratorHandle:
                           f"this bioaug reads version {GENERATOR_VERSION}")
     try:
         graphdef, params, stats = abstract_generator(
-            int(meta["z_dim"]), int(meta["n_classes"]), meta["g_channels"], int(meta["out_channels"]))
+            int(meta["z_dim"]), int(meta["n_classes"]), meta["g_channels"], int(meta["out_channels"]),
+            bool(meta.get("conditional_bn", False)))
     except KeyError as e:
         raise BioaugError(f"{meta_path}: missing field {e}") from None
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -40,7 +40,8 @@ from bioaug.runtime import BioaugError, atomic_path, progress
 from . import losses
 from .augment import diff_augment
 from .config import ARCHITECTURE_KEYS, GanConfig
-from .input_pipeline import ArrayTiles, BatchLoader, as_tile_source, gather_batch
+from .input_pipeline import (ArrayTiles, BatchLoader, as_tile_source, gather_batch,
+                             same_class_pair_distance)
 from .networks import SpectralU, build_networks
 from .sample import make_eval_forward, write_generator
 
@@ -49,7 +50,7 @@ CSV_HEADER = ("step", "d_loss", "g_loss", "d_real", "d_fake", "r1", "augment_p",
 N_METRICS = 6  # sums of d_loss, g_loss, d_real, d_fake, r1 penalty; step count
 # Runtime hyperparameters of the jitted step (a float32 vector, so changes don't recompile).
 HYPER = ("lr_g", "lr_d", "ema_beta", "ada_target", "ada_adjust", "ada_interval", "r1_scale",
-         "r1_interval", "lecam_weight")
+         "r1_interval", "lecam_weight", "mode_seeking_weight", "mode_seeking_target")
 LECAM_DECAY = 0.99  # moving averages of D(real), D(fake) for the LeCam regulariser
 DATA_AXIS = "data"  # the mesh axis the batch is split over
 RECALIBRATION_BATCHES = 16
@@ -147,7 +148,8 @@ def _structural(cfg: GanConfig) -> GanConfig:
                                lr_g=1.0, lr_d=1.0, ema_half_life_steps=1.0,
                                augment_p=0.0, ada_target=0.5, ada_interval=1, ada_kimg=1.0,
                                r1_gamma=float(cfg.r1_gamma > 0), r1_interval=1,
-                               lecam_weight=float(cfg.lecam_weight > 0))
+                               lecam_weight=float(cfg.lecam_weight > 0),
+                               mode_seeking_weight=float(cfg.mode_seeking_weight > 0))
 
 
 @functools.lru_cache(maxsize=8)
@@ -212,13 +214,22 @@ def _cached_train_step(cfg: GanConfig, classes: tuple[int, ...],
     return make_train_step(cfg, g_def, d_def, np.asarray(classes), mesh)
 
 
-def step_hyperparams(cfg: GanConfig) -> jax.Array:
-    """The runtime hyperparameters of the step, in the order of `HYPER`."""
+def mode_seeking_target(tiles, labels: np.ndarray, seed: int) -> float:
+    """The cap of the mode-seeking term: how far apart two real tiles of one class are
+    (mean |x_a - x_b| in the generator's [-1, 1] range) per mean latent distance."""
+    return 2.0 * same_class_pair_distance(tiles, labels, seed) / losses.LATENT_PAIR_DISTANCE
+
+
+def step_hyperparams(cfg: GanConfig, mode_seeking_cap: float = math.inf) -> jax.Array:
+    """The runtime hyperparameters of the step, in the order of `HYPER`; `mode_seeking_cap`
+    is `mode_seeking_target` of the training tiles (inf: MSGAN's uncapped term)."""
     values = {"lr_g": cfg.lr_g, "lr_d": cfg.lr_d, "ema_beta": cfg.ema_beta,
               "ada_target": cfg.ada_target, "ada_adjust": cfg.ada_adjust,
               "ada_interval": cfg.ada_interval,
               "r1_scale": 0.5 * cfg.r1_gamma * cfg.r1_interval,  # lazy R1 (StyleGAN2)
-              "r1_interval": cfg.r1_interval, "lecam_weight": cfg.lecam_weight}
+              "r1_interval": cfg.r1_interval, "lecam_weight": cfg.lecam_weight,
+              "mode_seeking_weight": cfg.mode_seeking_weight,
+              "mode_seeking_target": mode_seeking_cap}
     return jnp.asarray([values[k] for k in HYPER], jnp.float32)
 
 
@@ -238,6 +249,7 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray,
     policy = tuple(cfg.diffaugment)
     ada = bool(cfg.ada) and bool(policy)
     use_r1, use_lecam = cfg.r1_gamma > 0, cfg.lecam_weight > 0
+    use_ms = cfg.mode_seeking_weight > 0
     classes = jnp.asarray(classes, jnp.int32)
     z_dim, kind = cfg.z_dim, cfg.loss
     if mesh is not None:
@@ -256,11 +268,14 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray,
         logits = d(x, y, update_sn=True)
         return logits, (nnx.to_pure_dict(nnx.state(d, SpectralU)) if sn else sn)
 
-    def draw(key, b):
+    def draw(key, b, pairs=False):
+        """b latent vectors and class-uniform labels; with `pairs`, rows 2i and 2i+1 share
+        their label (and sit on one device), for the mode-seeking term."""
         kz, ky = jax.random.split(key)
         z = shard(jax.random.normal(kz, (b, z_dim)))
-        y = shard(classes[jax.random.randint(ky, (b,), 0, classes.shape[0])])
-        return z, y
+        n = b // 2 if pairs else b
+        y = classes[jax.random.randint(ky, (n,), 0, classes.shape[0])]
+        return z, shard(jnp.repeat(y, 2) if pairs else y)
 
     def augment(x, key, p):
         return diff_augment(x, key, policy, p if ada else None)
@@ -327,12 +342,16 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray,
         d_real, d_fake = jnp.mean(lr), jnp.mean(lf)
 
         # ---- G update through the updated D (D's parameters are constants here).
-        z2, yf2 = draw(k_fake_g, b)
+        z2, yf2 = draw(k_fake_g, b, pairs=use_ms)
 
         def g_loss_fn(gp):
             x, new_stats = run_g(gp, g_stats, z2, yf2)
             logits, new_sn = run_d(d_params, sn, augment(x, k_aug_g, p), yf2)
-            return losses.g_loss(kind, logits), (new_stats, new_sn)
+            loss = losses.g_loss(kind, logits)
+            if use_ms:
+                loss = loss + h["mode_seeking_weight"] * losses.mode_seeking(
+                    x, z2, h["mode_seeking_target"])
+            return loss, (new_stats, new_sn)
 
         (g_loss, (g_stats, sn)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
         upd, opt_g = tx_g.update(g_grads, state["opt_g"], g_params)
@@ -640,7 +659,12 @@ def train_gan(tiles, labels: np.ndarray, class_names: list[str],
             elapsed_offset = 0.0
 
         step_fn = _cached_train_step(_structural(cfg), tuple(int(c) for c in classes), mesh)
-        hyper = jax.device_put(step_hyperparams(cfg), replicated)
+        cap = (mode_seeking_target(tiles, labels, cfg.seed) if cfg.mode_seeking_weight > 0
+               else math.inf)
+        if math.isfinite(cap):
+            log.info("mode-seeking term capped at a latent/pixel distance ratio of %.3f "
+                     "(that of real same-class pairs)", cap)
+        hyper = jax.device_put(step_hyperparams(cfg, cap), replicated)
         zero_metrics = np.zeros((N_METRICS,), np.float32)  # put anew each time (donated)
         global_shape = lambda a: (cfg.batch_size,) + a.shape[1:]  # noqa: E731
 
@@ -757,7 +781,7 @@ def _export(cfg: GanConfig, g_def, state, classes, class_names, generator_dir: P
         batch_size=cfg.batch_size, z_dim=cfg.z_dim)
     meta = {
         "z_dim": cfg.z_dim, "n_classes": cfg.n_classes, "g_channels": list(cfg.g_channels),
-        "out_channels": cfg.channels, "tile_size": cfg.tile_size, "class_names": class_names,
+        "conditional_bn": cfg.conditional_bn, "out_channels": cfg.channels, "tile_size": cfg.tile_size, "class_names": class_names,
         "step": step, "seed": cfg.seed, "trained_classes": [int(c) for c in classes],
         "gan_config": cfg.to_dict(),
     }
