@@ -4,7 +4,9 @@
 in a fresh interpreter. They compare, step by step, the losses and the final state of the
 same training on a 1-device mesh and on a 2-device mesh (batch split in two), with every
 optional feature on (ADA, lazy R1, LeCam), then run `train_gan` itself on 2 devices,
-including a resume, and check the batch-size divisibility error. About 20 s.
+including a resume, and check the batch-size divisibility error. About 20 s. Then a real
+multi-process run: two JAX processes joined by the distributed runtime (what `srun` with
+two tasks starts on a cluster), about 50 s.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import re
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 from bioaug.gan.train import maybe_initialize_distributed
 
@@ -116,3 +120,88 @@ def test_maybe_initialize_distributed_is_a_noop_in_one_process(monkeypatch):
     import jax
 
     assert jax.process_count() == 1 and not jax.distributed.is_initialized()
+
+
+MULTIPROCESS_CHILD = textwrap.dedent(r"""
+    import json, sys
+    import jax, numpy as np
+    from bioaug.gan import train_gan
+    out, steps = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 20 + [1] * 8 + [2] * 4)
+    tiles = rng.random((len(labels), 16, 16, 1), dtype=np.float32)
+    cfg = dict(batch_size=8, z_dim=16, g_channels=[16, 8], d_channels=[8, 16], seed=5,
+               log_every=2, checkpoint_every=2, steps=steps, conditional_bn=True,
+               mode_seeking_weight=1.0, r1_gamma=1.0, r1_interval=2)
+    res = train_gan(tiles, labels, ["a", "b", "c"], cfg, checkpoint_dir=f"{out}/ck",
+                    generator_dir=f"{out}/gen", log_csv=f"{out}/log.csv",
+                    samples_png=f"{out}/s.png")
+    print("RESULT " + json.dumps({"process": jax.process_index(), "of": jax.process_count(),
+                                  "devices": jax.device_count(), **res}))
+""")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_processes(out, steps: int, n: int) -> list[dict]:
+    """train_gan in n processes joined by JAX's distributed runtime (as `srun` with n tasks
+    would start it); returns their RESULT dicts."""
+    port = _free_port()
+    procs = []
+    for i in range(n):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SLURM_", "OMPI_")) and k != "XLA_FLAGS"}
+        env.update(JAX_PLATFORMS="cpu")
+        if n > 1:
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n),
+                       JAX_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen([sys.executable, "-c", MULTIPROCESS_CHILD, str(out),
+                                       str(steps)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env))
+    results = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:  # e.g. one process waiting at a barrier forever
+            for q in procs:
+                q.kill()
+            raise AssertionError("a training process hung (a barrier only some processes reach?)")
+        assert p.returncode == 0, stderr[-4000:]
+        line = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1]
+        results.append(json.loads(line[len("RESULT "):]))
+    return results
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_process_0_exports(tmp_path):
+    """A real multi-process run (two JAX processes on this machine, one CPU device each,
+    joined through JAX_COORDINATOR_ADDRESS): both finish, each gathers half of every batch,
+    the losses are those of the one-process run, process 0 alone writes the log and the
+    generator (no Orbax barrier that only it reaches), and a second invocation resumes."""
+    import numpy as np
+    import pandas as pd
+
+    from bioaug.gan import load_generator, sample_tiles
+
+    two = _run_processes(tmp_path / "two", 4, 2)
+    assert sorted((r["process"], r["of"], r["devices"]) for r in two) == [(0, 2, 2), (1, 2, 2)]
+    assert all(r["steps_done"] == 4 for r in two)
+    resumed = _run_processes(tmp_path / "two", 6, 2)  # from the step-4 checkpoint
+    assert all(r["steps_done"] == 6 for r in resumed)
+    one = _run_processes(tmp_path / "one", 6, 1)
+    log_two = pd.read_csv(tmp_path / "two" / "log.csv")
+    log_one = pd.read_csv(tmp_path / "one" / "log.csv")
+    assert log_two["step"].tolist() == log_one["step"].tolist() == [2, 4, 6]
+    cols = ["d_loss", "g_loss", "d_real", "d_fake", "r1"]
+    np.testing.assert_allclose(log_two[cols].to_numpy(), log_one[cols].to_numpy(),
+                               rtol=2e-3, atol=2e-4)
+    gen_two, gen_one = (load_generator(tmp_path / d / "gen") for d in ("two", "one"))
+    assert gen_two.step == gen_one.step == 6
+    np.testing.assert_allclose(sample_tiles(gen_two, 1, np.arange(4)),
+                               sample_tiles(gen_one, 1, np.arange(4)), atol=2e-3)

@@ -61,9 +61,15 @@ def write_generator(directory: Path, params, batch_stats, meta: dict[str, Any]) 
     """Write a generator directory (call inside `atomic_path`; `directory` must not exist)."""
     directory = Path(directory).resolve()
     directory.mkdir(parents=True)
-    ckptr = ocp.StandardCheckpointer()
+    # Written by one process (in a multi-process run, process 0 alone exports): Orbax's
+    # default would wait at a barrier for all processes and hang.
+    me = jax.process_index()
+    ckptr = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}))
     try:
-        ckptr.save(directory / "state", {"params": params, "batch_stats": batch_stats})
+        # as numpy: Orbax refuses host-local jax arrays where several processes exist
+        state = jax.tree.map(np.asarray, {"params": params, "batch_stats": batch_stats})
+        ckptr.save(directory / "state", state)
         ckptr.wait_until_finished()
     finally:
         ckptr.close()
