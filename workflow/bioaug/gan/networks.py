@@ -1,7 +1,9 @@
 """Class-conditional generator and projection discriminator (Flax NNX, NHWC).
 
-The architecture matches /work/shared/bench/torch_reference_gan.py layer for layer, so the
-JAX training step can be benchmarked against that PyTorch peer. Two layers are *computed*
+With `conditional_bn` off, the architecture matches /work/shared/bench/torch_reference_gan.py
+layer for layer, so the JAX training step can be benchmarked against that PyTorch peer; on
+(the pipeline's default), every generator BatchNorm also gets a class-dependent scale and
+shift (`ClassBatchNorm`). Two layers are *computed*
 differently from a plain convolution, with the same parameters and the same result up to
 float rounding (tests/test_gan.py checks both against `jax.lax.conv`):
 

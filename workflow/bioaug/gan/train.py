@@ -8,7 +8,8 @@ the device randomness of step k depend only on (seed, k).
 
 Options of the step (all off by default): adaptive augmentation (ADA: DiffAugment per
 image with a probability p steered by sign(D(real))), lazy R1 on real images, the LeCam
-regulariser, bfloat16 compute. The step is data-parallel over all devices of a 1-D mesh
+regulariser, the mode-seeking diversity term of G (capped at the real same-class
+diversity, `mode_seeking_target`), bfloat16 compute. The step is data-parallel over all devices of a 1-D mesh
 (`make_mesh`); `maybe_initialize_distributed` joins multi-process (e.g. SLURM) runs.
 """
 
