@@ -124,9 +124,11 @@ def test_maybe_initialize_distributed_is_a_noop_in_one_process(monkeypatch):
 
 MULTIPROCESS_CHILD = textwrap.dedent(r"""
     import json, sys
+    from bioaug.runtime import configure_jax
+    out, steps = sys.argv[1], int(sys.argv[2])
+    configure_jax(sys.argv[3])  # as the workflow does: a persistent compilation cache
     import jax, numpy as np
     from bioaug.gan import train_gan
-    out, steps = sys.argv[1], int(sys.argv[2])
     rng = np.random.default_rng(0)
     labels = np.array([0] * 20 + [1] * 8 + [2] * 4)
     tiles = rng.random((len(labels), 16, 16, 1), dtype=np.float32)
@@ -149,7 +151,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_processes(out, steps: int, n: int) -> list[dict]:
+def _run_processes(out, steps: int, n: int, cache) -> list[dict]:
     """train_gan in n processes joined by JAX's distributed runtime (as `srun` with n tasks
     would start it); returns their RESULT dicts."""
     port = _free_port()
@@ -162,7 +164,7 @@ def _run_processes(out, steps: int, n: int) -> list[dict]:
             env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n),
                        JAX_PROCESS_ID=str(i))
         procs.append(subprocess.Popen([sys.executable, "-c", MULTIPROCESS_CHILD, str(out),
-                                       str(steps)], stdout=subprocess.PIPE,
+                                       str(steps), str(cache)], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, env=env))
     results = []
     for p in procs:
@@ -189,12 +191,13 @@ def test_two_processes_train_like_one_and_process_0_exports(tmp_path):
 
     from bioaug.gan import load_generator, sample_tiles
 
-    two = _run_processes(tmp_path / "two", 4, 2)
+    cache = tmp_path / "jax-cache"
+    two = _run_processes(tmp_path / "two", 4, 2, cache)
     assert sorted((r["process"], r["of"], r["devices"]) for r in two) == [(0, 2, 2), (1, 2, 2)]
     assert all(r["steps_done"] == 4 for r in two)
-    resumed = _run_processes(tmp_path / "two", 6, 2)  # from the step-4 checkpoint
+    resumed = _run_processes(tmp_path / "two", 6, 2, cache)  # from the step-4 checkpoint
     assert all(r["steps_done"] == 6 for r in resumed)
-    one = _run_processes(tmp_path / "one", 6, 1)
+    one = _run_processes(tmp_path / "one", 6, 1, cache)
     log_two = pd.read_csv(tmp_path / "two" / "log.csv")
     log_one = pd.read_csv(tmp_path / "one" / "log.csv")
     assert log_two["step"].tolist() == log_one["step"].tolist() == [2, 4, 6]
