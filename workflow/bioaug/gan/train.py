@@ -9,8 +9,9 @@ the device randomness of step k depend only on (seed, k).
 Options of the step (all off by default): adaptive augmentation (ADA: DiffAugment per
 image with a probability p steered by sign(D(real))), lazy R1 on real images, the LeCam
 regulariser, the mode-seeking diversity term of G (capped at the real same-class
-diversity, `mode_seeking_target`), bfloat16 compute. The step is data-parallel over all devices of a 1-D mesh
-(`make_mesh`); `maybe_initialize_distributed` joins multi-process (e.g. SLURM) runs.
+diversity, `mode_seeking_target`; it is part of the logged g_loss), bfloat16 compute. The
+step is data-parallel over all devices of a 1-D mesh (`make_mesh`);
+`maybe_initialize_distributed` joins multi-process (e.g. SLURM) runs.
 """
 
 from __future__ import annotations
@@ -782,7 +783,8 @@ def _export(cfg: GanConfig, g_def, state, classes, class_names, generator_dir: P
         batch_size=cfg.batch_size, z_dim=cfg.z_dim)
     meta = {
         "z_dim": cfg.z_dim, "n_classes": cfg.n_classes, "g_channels": list(cfg.g_channels),
-        "conditional_bn": cfg.conditional_bn, "out_channels": cfg.channels, "tile_size": cfg.tile_size, "class_names": class_names,
+        "conditional_bn": cfg.conditional_bn, "out_channels": cfg.channels,
+        "tile_size": cfg.tile_size, "class_names": class_names,
         "step": step, "seed": cfg.seed, "trained_classes": [int(c) for c in classes],
         "gan_config": cfg.to_dict(),
     }
