@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,31 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
+def _local_env() -> dict[str, str]:
+    """The environment for local (non-SLURM) Snakemake runs.
+
+    snakemake-executor-plugin-slurm 2.8 runs `scontrol show config` when it is imported,
+    i.e. at every Snakemake start, whatever the executor. Where SLURM's client is installed
+    but no controller answers (this machine once the SLURM tests have stopped their
+    cluster) that call waits 10 s. Local runs don't use SLURM, so a stub `scontrol` that
+    fails at once goes first on their PATH.
+    """
+    stub_dir = Path(tempfile.gettempdir()) / f"bioaug-no-slurm-{os.getuid()}"
+    stub = stub_dir / "scontrol"
+    if not stub.exists():
+        stub_dir.mkdir(parents=True, exist_ok=True)
+        tmp = stub_dir / f".scontrol.{os.getpid()}"
+        tmp.write_text("#!/bin/sh\nexit 1\n")
+        tmp.chmod(0o755)
+        os.replace(tmp, stub)
+    return {**os.environ, "PATH": f"{stub_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run the workflow with `workdir` as working directory (its config.yaml is the config)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
            "--cores", "2", "--nolock", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_local_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
