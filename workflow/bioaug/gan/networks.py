@@ -3,9 +3,10 @@
 With `conditional_bn` off, the architecture matches /work/shared/bench/torch_reference_gan.py
 layer for layer, so the JAX training step can be benchmarked against that PyTorch peer; on
 (the pipeline's default), every generator BatchNorm also gets a class-dependent scale and
-shift (`ClassBatchNorm`). Two layers are *computed*
-differently from a plain convolution, with the same parameters and the same result up to
-float rounding (tests/test_gan.py checks both against `jax.lax.conv`):
+shift (`ClassBatchNorm`).
+
+Two layers are *computed* differently from a plain convolution, with the same parameters and
+the same result up to float rounding (tests/test_gan.py checks both against `jax.lax.conv`):
 
 - nearest 2x upsampling followed by a 3x3 convolution (the generator's blocks) runs at the
   low resolution as one 2x2-tap matmul giving the four output phases (`upsample_conv3x3`):
@@ -26,12 +27,15 @@ weight in place on each call, which is not what we want.)
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+if TYPE_CHECKING:
+    from .config import GanConfig
 
 BN_MOMENTUM = 0.9  # flax convention (= torch momentum 0.1)
 BN_EPSILON = 1e-5
@@ -396,13 +400,12 @@ class Discriminator(nnx.Module):
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
-def build_networks(cfg, key: jax.Array) -> tuple[Generator, Discriminator]:
+def build_networks(cfg: GanConfig, key: jax.Array) -> tuple[Generator, Discriminator]:
     """Fresh G and D for a GanConfig, initialised from `key` (parameters always float32)."""
     kg, kd = jax.random.split(key)
-    dtype = COMPUTE_DTYPES[getattr(cfg, "compute_dtype", "float32")]
+    dtype = COMPUTE_DTYPES[cfg.compute_dtype]
     g = Generator(cfg.z_dim, cfg.n_classes, cfg.g_channels, cfg.channels,
-                  rngs=nnx.Rngs(params=kg), dtype=dtype,
-                  conditional_bn=getattr(cfg, "conditional_bn", False))
+                  rngs=nnx.Rngs(params=kg), dtype=dtype, conditional_bn=cfg.conditional_bn)
     d = Discriminator(cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm,
                       rngs=nnx.Rngs(params=kd), dtype=dtype)
     return g, d
