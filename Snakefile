@@ -1,10 +1,13 @@
 """bioaug: balance rare classes with a class-conditional GAN, and test whether it helps.
 
-Stages (workflow/rules/): data.smk (download, index, split, tile), gan.smk (train_gan,
-generate, balance), classify.smk, report.smk. All logic lives in workflow/bioaug/.
+Rules (workflow/rules/): data.smk (download, index, split, tile), gan.smk (train_gan,
+generate, balance, gan_quality), classify.smk (classify, feature_classifier), report.smk.
+Each rule's script calls one entry point of workflow/bioaug/stages/.
 """
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from bioaug.config import validate_config
 
 min_version("9.0")
 
@@ -12,7 +15,8 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# Once, before any job: the schema (types, ranges, defaults), then the rules between keys.
+validate_config(config)
 
 
 include: "workflow/rules/common.smk"
@@ -26,6 +30,6 @@ report: "workflow/report/workflow.rst"
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
-    default_target: True

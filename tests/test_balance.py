@@ -7,16 +7,28 @@ import pandas as pd
 import pytest
 import tifffile
 
-from bioaug.balance import read_balanced, write_balanced
-from bioaug.generate import class_targets, tile_seeds
+from bioaug.balance_policy import class_targets
+from bioaug.formats.balanced import read_balanced
+from bioaug.formats.synthetic import write_class
 from bioaug.runtime import BioaugError
-from bioaug.tilestore import write_shard
+from bioaug.stages.balance import write_balanced
+from bioaug.stages.generate import tile_seeds
+from helpers import write_shard
 
 
 def items_table(counts: dict[str, int], split="train") -> pd.DataFrame:
     labels = [c for c, n in counts.items() for _ in range(n)]
-    return pd.DataFrame({"item_id": [f"it{i:03d}" for i in range(len(labels))], "image": "f.tif",
-                         "group": "f.tif", "label": labels, "x": 1.0, "y": 1.0, "split": split})
+    return pd.DataFrame(
+        {
+            "item_id": [f"it{i:03d}" for i in range(len(labels))],
+            "image": "f.tif",
+            "group": "f.tif",
+            "label": labels,
+            "x": 1.0,
+            "y": 1.0,
+            "split": split,
+        }
+    )
 
 
 def test_class_targets_max_class_and_fixed():
@@ -46,11 +58,26 @@ def test_write_balanced(tmp_path):
     items["item_id"] = [f"it{i}" for i in range(len(items))]
     tiles = np.random.default_rng(0).random((len(items), 8, 8, 2), dtype=np.float32)
     shard = tmp_path / "tiles" / "shard-00000.npy"
-    write_shard(shard, tiles, items.assign(tile_id=items["item_id"])[["tile_id", "item_id", "label", "image"]], pd.DataFrame())
+    write_shard(
+        shard, tiles, items.assign(tile_id=items["item_id"])[["tile_id", "item_id", "label", "image"]], pd.DataFrame()
+    )
     syn = tmp_path / "syn" / "b_w.npy"
     syn.parent.mkdir()
-    np.save(syn, np.full((2, 8, 8, 2), 0.5, np.float32))
-    pd.DataFrame({"label": "b w", "seed": [11, 12], "checkpoint": "gen", "step": 40}).to_csv(syn.with_suffix(".csv"), index=False)
+    write_class(
+        syn,
+        np.full((2, 8, 8, 2), 0.5, np.float32),
+        pd.DataFrame(
+            {
+                "label": "b w",
+                "seed": [11, 12],
+                "checkpoint": "gen",
+                "step": 40,
+                "used_for_balance": True,
+                "filter_confidence": np.nan,
+            }
+        ),
+        {},
+    )
 
     manifest = write_balanced(items, [shard], [syn], tmp_path / "balanced")
     assert manifest.groupby("label").size().to_dict() == {"a": 3, "b w": 3}
@@ -66,19 +93,26 @@ def test_write_balanced(tmp_path):
 class FakeGenerator:
     """Stands in for a trained generator: class c, seed s -> a tile filled with (s % 100) / 100."""
 
+    class_names, tile_size, channels, meta = ["a", "b"], 4, 1, {"step": 7}
+
 
 def test_selective_synthesis_keeps_confident_tiles_until_target(tmp_path, monkeypatch):
     import json
 
     import bioaug.gan as gan
-    from bioaug.generate import generate_class
+    from bioaug.stages.generate import generate_class
 
     gen_dir = tmp_path / "gen"
     gen_dir.mkdir()
-    (gen_dir / "generator.json").write_text(json.dumps({"class_names": ["a", "b"], "tile_size": 4, "out_channels": 1, "step": 7}))
+    (gen_dir / "generator.json").write_text(
+        json.dumps({"class_names": ["a", "b"], "tile_size": 4, "out_channels": 1, "step": 7})
+    )
     monkeypatch.setattr(gan, "load_generator", lambda d: FakeGenerator())
-    monkeypatch.setattr(gan, "sample_tiles", lambda g, c, seeds, batch_size: np.stack(
-        [np.full((4, 4, 1), (s % 100) / 100, np.float32) for s in seeds]))
+    monkeypatch.setattr(
+        gan,
+        "sample_tiles",
+        lambda g, c, seeds, batch_size: np.stack([np.full((4, 4, 1), (s % 100) / 100, np.float32) for s in seeds]),
+    )
 
     class Filter:  # confident about its class only for bright tiles
         def predict_proba(self, x):
@@ -87,14 +121,22 @@ def test_selective_synthesis_keeps_confident_tiles_until_target(tmp_path, monkey
 
     items = items_table({"a": 20, "b": 5})
     cfg = {"batch_size": 8, "seed": 0, "min_confidence": 0.5, "max_draws_factor": 4}
-    summary = generate_class(gen_dir, items, "b", {"target": "max_class", "count": None}, cfg, tmp_path / "b.npy",
-                             filter_classifier=Filter())
+    summary = generate_class(
+        gen_dir, items, "b", {"target": "max_class", "count": None}, cfg, tmp_path / "b.npy", filter_classifier=Filter()
+    )
     tiles, meta = np.load(tmp_path / "b.npy"), pd.read_csv(tmp_path / "b.csv")
     assert summary["target"] == 20 and summary["generated"] == len(tiles) == len(meta) == 20
     assert (tiles.reshape(20, -1).mean(1) >= 0.5).all() and (meta["filter_confidence"] >= 0.5).all()
     assert 0.3 < summary["acceptance_rate"] < 0.7 and summary["drawn"] > 20
     assert meta["used_for_balance"].sum() == 15  # 20 target - 5 real
     # an impossible threshold stops at the cap and records the shortfall
-    summary = generate_class(gen_dir, items, "b", {"target": "max_class", "count": None}, {**cfg, "min_confidence": 1.01},
-                             tmp_path / "b2.npy", filter_classifier=Filter())
+    summary = generate_class(
+        gen_dir,
+        items,
+        "b",
+        {"target": "max_class", "count": None},
+        {**cfg, "min_confidence": 1.01},
+        tmp_path / "b2.npy",
+        filter_classifier=Filter(),
+    )
     assert summary["generated"] == 0 and summary["drawn"] == 80 and summary["short_by"] == 20

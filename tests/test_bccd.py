@@ -31,7 +31,10 @@ def bccd_url(shared_dir):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive_dir))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/BCCD_Dataset-master.zip", archive_dir / "BCCD_Dataset-master.zip"
+    yield (
+        f"http://127.0.0.1:{server.server_address[1]}/BCCD_Dataset-master.zip",
+        archive_dir / "BCCD_Dataset-master.zip",
+    )
     server.shutdown()
 
 
@@ -49,13 +52,18 @@ def boxes_in_archive(path) -> collections.Counter:
 def test_bccd_end_to_end_from_url(tmp_path, bccd_url):
     url, archive = bccd_url
     config = load_tiny_config()
-    config["datasets"] = {"bccd": {
-        "source": url, "sha256": BCCD_SHA256, "format": "voc",
-        "annotations": "BCCD_Dataset-master/BCCD/Annotations", "on_bad_input": "skip",
-        "tiles": {"size": 32, "context": "box", "shard_size": 128},
-        "gan": {"g_channels": [32, 16, 8], "d_channels": [16, 32, 32], "steps": 30},
-        "classifier": {"channels": [8, 16], "epochs": 1},
-    }}
+    config["datasets"] = {
+        "bccd": {
+            "source": url,
+            "sha256": BCCD_SHA256,
+            "format": "voc",
+            "annotations": "BCCD_Dataset-master/BCCD/Annotations",
+            "on_bad_input": "skip",
+            "tiles": {"size": 32, "context": "box", "shard_size": 128},
+            "gan": {"g_channels": [32, 16, 8], "d_channels": [16, 32, 32], "steps": 30},
+            "classifier": {"channels": [8, 16], "epochs": 1},
+        }
+    }
     write_config(tmp_path, config)
     run_snakemake(tmp_path, timeout=1500)
     res = tmp_path / "results" / "bccd"

@@ -182,7 +182,6 @@ def test_class_weights_and_sampling_probs():
         ("len_mismatch", "train_y has"),
         ("tile_mismatch", "H, W, C must match"),
         ("not_4d", r"\(N, H, W, C\)"),
-        ("missing_cfg", "missing 'lr'"),
         ("one_class", "at least 2 class"),
     ],
 )
@@ -203,8 +202,6 @@ def test_value_errors(data, case, match):
         vx = vx[..., :1]
     elif case == "not_4d":
         tx = tx[..., 0]
-    elif case == "missing_cfg":
-        cfg = {k: v for k, v in CFG.items() if k != "lr"}
     elif case == "one_class":
         names = ["only"]
     with pytest.raises(ValueError, match=match):

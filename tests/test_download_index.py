@@ -15,12 +15,20 @@ import pandas as pd
 import pytest
 import tifffile
 
-from bioaug.annotations import index_dataset
-from bioaug.download import fetch_dataset
 from bioaug.runtime import BioaugError
+from bioaug.stages.download import fetch_dataset
+from bioaug.stages.index import index_dataset
 
-BUILTIN = {"source": "builtin", "builtin": {"n_images": 4, "image_size": 96, "cells_per_image": [3, 5],
-                                            "class_fractions": {"interphase": 0.6, "mitotic": 0.4}, "seed": 1}}
+BUILTIN = {
+    "source": "builtin",
+    "builtin": {
+        "n_images": 4,
+        "image_size": 96,
+        "cells_per_image": [3, 5],
+        "class_fractions": {"interphase": 0.6, "mitotic": 0.4},
+        "seed": 1,
+    },
+}
 
 
 @pytest.fixture
@@ -67,19 +75,23 @@ def test_url_download_verifies_sha256(tmp_path, http_server):
     (root / "moved.zip").rename(root / "set.zip")
 
     with pytest.raises(BioaugError) as err:
-        fetch_dataset({"source": f"{base}/set.zip", "sha256": "0" * 64}, tmp_path / "bad", cache_dir=tmp_path / "c2", retries=1)
+        fetch_dataset(
+            {"source": f"{base}/set.zip", "sha256": "0" * 64}, tmp_path / "bad", cache_dir=tmp_path / "c2", retries=1
+        )
     assert f"{base}/set.zip" in str(err.value) and "0" * 64 in str(err.value) and sha in str(err.value)
     assert not (tmp_path / "bad").exists()
 
     with pytest.raises(BioaugError, match="missing.zip.*404"):
-        fetch_dataset({"source": f"{base}/missing.zip", "sha256": sha}, tmp_path / "nf", cache_dir=tmp_path / "c3", retries=0)
+        fetch_dataset(
+            {"source": f"{base}/missing.zip", "sha256": sha}, tmp_path / "nf", cache_dir=tmp_path / "c3", retries=0
+        )
     assert not any((tmp_path / "c2").iterdir())  # the mismatching download left nothing behind
 
 
 def test_url_timeout_is_named(tmp_path, monkeypatch):
     import socket
 
-    import bioaug.download as download
+    import bioaug.stages.download as download
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

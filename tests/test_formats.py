@@ -8,11 +8,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from bioaug.annotations import index_dataset
-from bioaug.images import open_image, read_image, validate_image
+from bioaug.formats.images import open_image, validate_image
+from bioaug.formats.shards import shard_images
 from bioaug.runtime import BioaugError
-from bioaug.split import assign_splits, check_group_integrity
-from bioaug.tiling import shard_images, tile_images
+from bioaug.stages.index import index_dataset
+from bioaug.stages.split import assign_splits
+from helpers import check_group_integrity, read_image, tile_images
 
 TILES = {"size": 16, "channels": None, "percentiles": [1, 99], "shard_size": 50}
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
@@ -60,7 +61,9 @@ def test_boxes_csv_with_column_mapping_and_box_context(tmp_path):
         tifffile.imwrite(tmp_path / f"f{i}.tif", field(c=3, dtype=np.uint8), photometric="rgb")
         rows += [(f"f{i}.tif", "big", 5, 40, 5, 40), (f"f{i}.tif", "small", 50, 60, 30, 40)]
     # BCCD's test.csv order: filename, cell_type, xmin, xmax, ymin, ymax
-    pd.DataFrame(rows, columns=["filename", "cell_type", "xmin", "xmax", "ymin", "ymax"]).to_csv(tmp_path / "b.csv", index=False)
+    pd.DataFrame(rows, columns=["filename", "cell_type", "xmin", "xmax", "ymin", "ymax"]).to_csv(
+        tmp_path / "b.csv", index=False
+    )
     cfg = {"format": "boxes_csv", "annotations": "b.csv", "columns": {"image": "filename", "label": "cell_type"}}
     items, rejected = index_dataset(tmp_path, cfg, TILES)
     assert len(items) == 20 and rejected.empty
@@ -81,10 +84,13 @@ def test_voc_folder(tmp_path):
     for i in range(9):
         Image.fromarray(field(c=3, dtype=np.uint8)).save(tmp_path / "JPEGImages" / f"im{i}.jpg")
         objs = "".join(
-            f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>10</ymin><xmax>{x0 + 12}</xmax><ymax>22</ymax></bndbox></object>"
-            for name, x0 in (("RBC", 5), ("WBC", 30), ("Platelets", 45)))
+            f"<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>10</ymin>"
+            f"<xmax>{x0 + 12}</xmax><ymax>22</ymax></bndbox></object>"
+            for name, x0 in (("RBC", 5), ("WBC", 30), ("Platelets", 45))
+        )
         (tmp_path / "Annotations" / f"im{i}.xml").write_text(
-            f"<annotation><filename>im{i}.jpg</filename>{objs}</annotation>")
+            f"<annotation><filename>im{i}.jpg</filename>{objs}</annotation>"
+        )
     items, rejected = index_dataset(tmp_path, {"format": "voc", "annotations": "Annotations"}, TILES)
     assert len(items) == 27 and rejected.empty
     assert items["image"].str.startswith("JPEGImages/").all()
@@ -99,7 +105,7 @@ def test_class_folders_sliding_windows_with_foreground_filter(tmp_path):
         for i in range(6):
             img = np.zeros((40, 40), np.uint16)
             img[:16, :16] = 3000  # foreground only in the top-left window
-            img[30, 30] = 10      # and a speck
+            img[30, 30] = 10  # and a speck
             tifffile.imwrite(tmp_path / cls / f"{cls}{i}.tif", img)
     items, rejected = index_dataset(tmp_path, {"format": "class_folders"}, TILES)
     assert len(items) == 12 and rejected.empty and set(items["kind"]) == {"window"}
@@ -173,17 +179,19 @@ def test_large_uncompressed_tiff_is_memory_mapped(tmp_path):
 
 
 def test_large_compressed_tiled_tiff_is_read_lazily(tmp_path, monkeypatch):
-    import bioaug.images as images
+    import bioaug.formats.images as images
 
     monkeypatch.setattr(images, "LAZY_TIFF_PIXELS", 1000)
     arr = RNG.integers(0, 60000, (2, 300, 260)).astype(np.uint16)
-    tifffile.imwrite(tmp_path / "z.tif", arr, tile=(64, 64), compression="zlib", photometric="minisblack",
-                     metadata={"axes": "CYX"})
+    tifffile.imwrite(
+        tmp_path / "z.tif", arr, tile=(64, 64), compression="zlib", photometric="minisblack", metadata={"axes": "CYX"}
+    )
     src = open_image(tmp_path / "z.tif", channels=[1])
     assert type(src.array).__name__ == "LazyTiff" and src.shape == (300, 260, 1)
     np.testing.assert_array_equal(src.region(50, 70, 32, 32)[..., 0], arr[1, 50:82, 70:102])
-    np.testing.assert_array_equal(src.region(-4, 250, 8, 16)[..., 0],
-                                  np.pad(arr[1, :4, 250:], ((4, 0), (0, 6)), mode="reflect"))
+    np.testing.assert_array_equal(
+        src.region(-4, 250, 8, 16)[..., 0], np.pad(arr[1, :4, 250:], ((4, 0), (0, 6)), mode="reflect")
+    )
     np.testing.assert_array_equal(src.read()[..., 0], arr[1])
     assert validate_image(tmp_path / "z.tif") == (300, 260, 2)
 
@@ -199,25 +207,32 @@ def make_bad_dataset(root):
         tifffile.imwrite(root / g, field())
     full = root / "truncated.tif"
     tifffile.imwrite(full, field(h=64, w=64))
-    full.write_bytes(full.read_bytes()[:3000])                        # 1 truncated TIFF
-    (root / "empty.tif").write_bytes(b"")                              # 2 zero-byte file
-    (root / "text.png").write_text("this is not an image")             # 3 not an image
+    full.write_bytes(full.read_bytes()[:3000])  # 1 truncated TIFF
+    (root / "empty.tif").write_bytes(b"")  # 2 zero-byte file
+    (root / "text.png").write_text("this is not an image")  # 3 not an image
     tifffile.imwrite(root / "complex.tif", np.zeros((32, 32), np.complex64))  # 4 unsupported dtype
-    tifffile.imwrite(root / "tiny.tif", np.ones((8, 8), np.uint16))    # 5 smaller than the tile
+    tifffile.imwrite(root / "tiny.tif", np.ones((8, 8), np.uint16))  # 5 smaller than the tile
     nan = np.ones((32, 32), np.float32)
     nan[3, 3] = np.nan
-    tifffile.imwrite(root / "nan.tif", nan)                            # 9 NaN pixels
-    rows = [(g, "a", 20, 20) for g in good] + [(g, "b", 30, 30) for g in good] + [
-        ("truncated.tif", "a", 5, 5), ("empty.tif", "a", 5, 5), ("text.png", "a", 5, 5),
-        ("complex.tif", "a", 5, 5), ("tiny.tif", "a", 4, 4),
-        ("missing.tif", "a", 5, 5),                                    # 6 annotation naming a missing image
-        ("good0.tif", "a", 500, 5),                                    # 7 point outside the image
-        ("good1.tif", "zebra", 10, 10),                                # 8 unknown class
-        ("nan.tif", "a", 5, 5),
-        ("good2.tif", "", 10, 10),                                     # 10 no label
-    ]
+    tifffile.imwrite(root / "nan.tif", nan)  # 9 NaN pixels
+    rows = (
+        [(g, "a", 20, 20) for g in good]
+        + [(g, "b", 30, 30) for g in good]
+        + [
+            ("truncated.tif", "a", 5, 5),
+            ("empty.tif", "a", 5, 5),
+            ("text.png", "a", 5, 5),
+            ("complex.tif", "a", 5, 5),
+            ("tiny.tif", "a", 4, 4),
+            ("missing.tif", "a", 5, 5),  # 6 annotation naming a missing image
+            ("good0.tif", "a", 500, 5),  # 7 point outside the image
+            ("good1.tif", "zebra", 10, 10),  # 8 unknown class
+            ("nan.tif", "a", 5, 5),
+            ("good2.tif", "", 10, 10),  # 10 no label
+        ]
+    )
     pd.DataFrame(rows, columns=["image", "label", "x", "y"]).to_csv(root / "p.csv", index=False)
-    tifffile.imwrite(root / "orphan.tif", field())                    # 11 image nobody annotated
+    tifffile.imwrite(root / "orphan.tif", field())  # 11 image nobody annotated
     return {"format": "points", "annotations": "p.csv", "classes": ["a", "b"]}, len(rows) + 1
 
 
@@ -228,10 +243,17 @@ def test_skip_accounts_for_every_input(tmp_path):
     assert len(items) + len(rejected) == n_inputs  # nothing lost, nothing counted twice
     reasons = dict(zip(rejected["input"], rejected["reason"]))
     expected = {
-        "p.csv:8": "truncated.tif", "p.csv:9": "empty.tif", "p.csv:10": "text.png", "p.csv:11": "complex",
-        "p.csv:12": "smaller than the 16 px tile", "p.csv:13": "missing.tif: image file not found",
-        "p.csv:14": "lies outside the 64x48 image", "p.csv:15": "unknown class 'zebra'",
-        "p.csv:16": "NaN", "p.csv:17": "no class label", "orphan.tif": "no annotations",
+        "p.csv:8": "truncated.tif",
+        "p.csv:9": "empty.tif",
+        "p.csv:10": "text.png",
+        "p.csv:11": "complex",
+        "p.csv:12": "smaller than the 16 px tile",
+        "p.csv:13": "missing.tif: image file not found",
+        "p.csv:14": "lies outside the 64x48 image",
+        "p.csv:15": "unknown class 'zebra'",
+        "p.csv:16": "NaN",
+        "p.csv:17": "no class label",
+        "orphan.tif": "no annotations",
     }
     for ref, fragment in expected.items():
         assert fragment in reasons[ref], (ref, reasons.get(ref))
@@ -246,7 +268,10 @@ def test_error_mode_stops_at_the_first_bad_input_with_its_path(tmp_path):
 
 def test_border_skip_rejects_objects_near_the_edge(tmp_path):
     tifffile.imwrite(tmp_path / "f.tif", field())
-    pd.DataFrame([("f.tif", "a", 3, 3), ("f.tif", "a", 30, 24)], columns=["image", "label", "x", "y"]).to_csv(tmp_path / "p.csv", index=False)
-    items, rejected = index_dataset(tmp_path, {"format": "points", "annotations": "p.csv", "on_bad_input": "skip"},
-                                    {**TILES, "border": "skip"})
+    pd.DataFrame([("f.tif", "a", 3, 3), ("f.tif", "a", 30, 24)], columns=["image", "label", "x", "y"]).to_csv(
+        tmp_path / "p.csv", index=False
+    )
+    items, rejected = index_dataset(
+        tmp_path, {"format": "points", "annotations": "p.csv", "on_bad_input": "skip"}, {**TILES, "border": "skip"}
+    )
     assert len(items) == 1 and "crosses the image border" in rejected["reason"].iloc[0]

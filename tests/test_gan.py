@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import itertools
+import logging
 import re
+import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,16 +15,26 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bioaug.gan import GanConfig, load_generator, sample_tiles, train_gan
+from bioaug.gan import load_generator, sample_tiles, train_gan
 from bioaug.gan.augment import diff_augment
 from bioaug.gan.input_pipeline import class_balanced_indices
 from bioaug.gan.networks import Discriminator, Generator, SNConv, SpectralU, spectral_normalize
 from bioaug.gan.sample import eval_forward
-from bioaug.gan.train import CSV_HEADER, load_checkpoint
+from bioaug.gan.state import data_fingerprint, load_checkpoint, run_identity
+from bioaug.gan.train import CSV_HEADER
 from bioaug.runtime import BioaugError
+from gan_reference import gan_config, gan_section
 
-TINY = dict(batch_size=8, z_dim=16, g_channels=[16, 8], d_channels=[8, 16],
-            log_every=4, checkpoint_every=6, ema_half_life_steps=5, seed=3)
+TINY = dict(
+    batch_size=8,
+    z_dim=16,
+    g_channels=[16, 8],
+    d_channels=[8, 16],
+    log_every=4,
+    checkpoint_every=6,
+    ema_half_life_steps=5,
+    seed=3,
+)
 CLASSES = ["common", "medium", "rare"]
 K = 6  # steps of the interrupted half
 
@@ -33,7 +46,7 @@ def _toy_data(n=40, size=16, seed=0):
     tiles = rng.random((n, size, size, 1), dtype=np.float32) * 0.2
     for i, c in enumerate(labels):
         o = 2 + 4 * c
-        tiles[i, o:o + 4, o:o + 4] = 0.9
+        tiles[i, o : o + 4, o : o + 4] = 0.9
     return tiles, labels
 
 
@@ -75,8 +88,7 @@ def test_generator_and_discriminator_shapes_and_ranges():
     d = _build(lambda: Discriminator(2, 3, [8, 16], True, rngs=nnx.Rngs(1)))
     z = jax.random.normal(jax.random.key(0), (5, 16)) * 3
     y = jnp.array([0, 1, 2, 0, 1])
-    (x_train, x_eval), _ = _jit_apply(
-        g, lambda m, z, y: (m(z, y, train=True), m(z, y, train=False)))(z, y)
+    (x_train, x_eval), _ = _jit_apply(g, lambda m, z, y: (m(z, y, train=True), m(z, y, train=False)))(z, y)
     for x in (x_train, x_eval):
         assert x.shape == (5, 16, 16, 2)
         assert bool(jnp.all(jnp.abs(x) <= 1.0)) and bool(jnp.all(jnp.isfinite(x)))
@@ -101,6 +113,7 @@ def test_spectral_norm_is_functional_and_normalises():
             m = nnx.merge(graphdef, params, u)
             m.weight(update_sn=True)
             return nnx.state(m, SpectralU), None
+
         u, _ = jax.lax.scan(body, u, None, length=8)
         m = nnx.merge(graphdef, params, u)
         return m.weight(update_sn=False), u
@@ -128,12 +141,14 @@ def test_spectral_norm_is_functional_and_normalises():
 # ----------------------------------------------------------------------------- augment
 def test_diffaugment_shapes_determinism_and_effect():
     x = jax.random.uniform(jax.random.key(0), (6, 16, 16, 3), minval=-1, maxval=1)
-    aug = jax.jit(lambda x, k: {
-        "all": diff_augment(x, k, ("color", "translation", "cutout")),
-        "translation": diff_augment(x, k, ("translation",)),
-        "cutout": diff_augment(x, k, ("cutout",)),
-        "none": diff_augment(x, k, ()),
-    })
+    aug = jax.jit(
+        lambda x, k: {
+            "all": diff_augment(x, k, ("color", "translation", "cutout")),
+            "translation": diff_augment(x, k, ("translation",)),
+            "cutout": diff_augment(x, k, ("cutout",)),
+            "none": diff_augment(x, k, ()),
+        }
+    )
     a = aug(x, jax.random.key(1))
     b = aug(x, jax.random.key(1))
     c = aug(x, jax.random.key(2))
@@ -166,29 +181,32 @@ def test_balanced_sampler_uniform_and_restartable():
 
 
 # ----------------------------------------------------------------------------- config
-@pytest.mark.parametrize("patch, key", [
-    ({"g_channels": [32, 16, 8]}, "gan.g_channels"),
-    ({"d_channels": [8, 8, 8, 8, 8]}, "gan.d_channels"),
-    ({"loss": "wasserstein"}, "gan.loss"),
-    ({"diffaugment": ["color", "flip"]}, "gan.diffaugment"),
-    ({"betas": [0.5]}, "gan.betas"),
-    ({"lr_g": -1.0}, "gan.lr_g"),
-    ({"steps": 0}, "gan.steps"),
-    ({"batch_size": True}, "gan.batch_size"),
-    ({"spectral_norm": "yes"}, "gan.spectral_norm"),
-    ({"ema_half_life_steps": 0}, "gan.ema_half_life_steps"),
-    ({"learning_rate": 1e-3}, "learning_rate"),
-])
-def test_config_errors_name_the_key(patch, key):
-    with pytest.raises(BioaugError, match=re.escape(key)):
-        GanConfig.from_dict({**TINY, **patch}, tile_size=16, channels=1, n_classes=3)
-
-
-def test_config_message_for_tile_size():
-    with pytest.raises(BioaugError, match="gan.g_channels: 3 blocks give 32 px tiles but tiles.size is 64"):
-        GanConfig.from_dict({"g_channels": [64, 32, 16]}, tile_size=64, channels=1, n_classes=2)
-    cfg = GanConfig.from_dict(TINY, tile_size=16, channels=1, n_classes=3)
+def test_config_from_section():
+    cfg = gan_config(16, 1, 3, **TINY)
     assert cfg.g_channels == (16, 8) and 0 < cfg.ema_beta < 1
+    assert cfg.ema_half_life_steps == 5.0 and isinstance(cfg.ema_half_life_steps, float)
+    assert hash(cfg) == hash(gan_config(16, 1, 3, **TINY))  # a cache key
+
+
+def test_run_identity_ignores_the_schedule_only():
+    tiles, labels = _toy_data()
+    fp = data_fingerprint(tiles, labels)
+    base = run_identity(gan_config(16, 1, 3, **TINY), "", fp)
+    assert re.fullmatch(r"[0-9a-f]{16}", base)
+    for patch in ({"steps": 99}, {"log_every": 1}, {"checkpoint_every": 2}):
+        assert run_identity(gan_config(16, 1, 3, **{**TINY, **patch}), "", fp) == base, patch
+    others = [
+        run_identity(gan_config(16, 1, 3, **{**TINY, **patch}), "", fp)
+        for patch in ({"lr_d": 1e-4}, {"g_channels": [16, 16]}, {"seed": 4}, {"diffaugment": ["color"]})
+    ]
+    other_tiles = tiles.copy()
+    other_tiles[0, 0, 0, 0] += 0.5
+    others += [
+        run_identity(gan_config(16, 1, 3, **TINY), "items-v2", fp),
+        run_identity(gan_config(16, 1, 3, **TINY), "", data_fingerprint(other_tiles, labels)),
+        run_identity(gan_config(16, 1, 3, **TINY), "", data_fingerprint(tiles, labels[::-1])),
+    ]
+    assert len({base, *others}) == 1 + len(others)
 
 
 # ----------------------------------------------------------------------------- training
@@ -200,14 +218,20 @@ def runs(tmp_path_factory):
     out = {"tiles": tiles, "labels": labels}
     for name in ("a", "b"):
         d = root / name
-        out[name] = dict(ckpt=d / "ckpt", gen=d / "generator", csv=d / "log.csv", png=d / "samples.png")
-    kw = lambda r: dict(checkpoint_dir=r["ckpt"], generator_dir=r["gen"], log_csv=r["csv"],
-                        samples_png=r["png"])
-    out["a"]["result"] = train_gan(tiles, labels, CLASSES, {**TINY, "steps": 2 * K}, **kw(out["a"]))
-    train_gan(tiles, labels, CLASSES, {**TINY, "steps": K}, **kw(out["b"]))
-    with open(out["b"]["csv"], "a") as f:  # a row logged after the checkpoint, then killed
+        out[name] = dict(root=d / "ckpt", gen=d / "generator", csv=d / "log.csv", png=d / "samples.png")
+
+    def kw(r):
+        return dict(checkpoint_root=r["root"], generator_dir=r["gen"], log_csv=r["csv"], samples_png=r["png"])
+
+    out["a"]["result"] = train_gan(tiles, labels, CLASSES, gan_section(**TINY, steps=2 * K), **kw(out["a"]))
+    first = train_gan(tiles, labels, CLASSES, gan_section(**TINY, steps=K), **kw(out["b"]))
+    # a row logged after the checkpoint, then killed (the live log beside the checkpoints)
+    with open(f"{first['checkpoint_dir']}/train_log.csv", "a") as f:
         f.write(f"{K + 1},9,9,9,9,1,999\n")
-    out["b"]["result"] = train_gan(tiles, labels, CLASSES, {**TINY, "steps": 2 * K}, **kw(out["b"]))
+    out["b"]["result"] = train_gan(tiles, labels, CLASSES, gan_section(**TINY, steps=2 * K), **kw(out["b"]))
+    for name in ("a", "b"):
+        out[name]["ckpt"] = out[name]["result"]["checkpoint_dir"]
+    out["first_b"] = first
     out["kw"] = kw
     return out
 
@@ -223,10 +247,15 @@ def test_training_writes_log_and_outputs(runs):
     assert a["png"].stat().st_size > 0
     assert (a["gen"] / "generator.json").exists() and (a["gen"] / "state").is_dir()
     assert not list(a["gen"].parent.glob(".generator.*"))  # no leftover temp folders
+    # the run's folder: named by its identity, under the root
+    cfg = gan_config(16, 1, 3, **TINY, steps=2 * K)
+    ident = run_identity(cfg, "", data_fingerprint(runs["tiles"], runs["labels"]))
+    assert res["checkpoint_dir"] == str((a["root"] / ident).resolve())
+    assert runs["first_b"]["checkpoint_dir"] == runs["b"]["ckpt"]  # steps K and 2K: one run
 
 
 def test_resume_is_exact(runs):
-    cfg = GanConfig.from_dict({**TINY, "steps": 2 * K}, 16, 1, 3)
+    cfg = gan_config(16, 1, 3, **TINY, steps=2 * K)
     step_a, state_a = load_checkpoint(runs["a"]["ckpt"], cfg)
     step_b, state_b = load_checkpoint(runs["b"]["ckpt"], cfg)
     assert step_a == step_b == 2 * K
@@ -237,8 +266,7 @@ def test_resume_is_exact(runs):
     steps = [int(r[0]) for r in rows]
     assert steps == [4, K, 8, 12]  # the stale row K+1 was dropped; no duplicates, no gaps
     ga, gb = load_generator(runs["a"]["gen"]), load_generator(runs["b"]["gen"])
-    np.testing.assert_allclose(sample_tiles(ga, 2, np.arange(4)), sample_tiles(gb, 2, np.arange(4)),
-                               atol=1e-6)
+    np.testing.assert_allclose(sample_tiles(ga, 2, np.arange(4)), sample_tiles(gb, 2, np.arange(4)), atol=1e-6)
 
 
 def test_sample_tiles_deterministic_and_batch_independent(runs):
@@ -265,24 +293,45 @@ def test_finished_run_only_rewrites_outputs(runs):
     a = runs["a"]
     before = a["csv"].read_text()
     a["png"].unlink()
-    res = train_gan(runs["tiles"], runs["labels"], CLASSES, {**TINY, "steps": 2 * K}, **runs["kw"](a))
+    res = train_gan(runs["tiles"], runs["labels"], CLASSES, gan_section(**TINY, steps=2 * K), **runs["kw"](a))
     assert res["steps_done"] == 2 * K and a["png"].exists()
     assert a["csv"].read_text() == before
-    with pytest.raises(BioaugError, match="gan.steps"):
-        train_gan(runs["tiles"], runs["labels"], CLASSES, {**TINY, "steps": K}, **runs["kw"](a))
-    with pytest.raises(BioaugError, match="gan.z_dim"):
-        train_gan(runs["tiles"], runs["labels"], CLASSES, {**TINY, "steps": 3 * K, "z_dim": 8},
-                  **runs["kw"](a))
+    # fewer steps than the run's latest checkpoint: the same run's folder, a clear error
+    with pytest.raises(BioaugError, match=rf"gan.steps: {K}, but .*{Path(a['ckpt']).name}"):
+        train_gan(runs["tiles"], runs["labels"], CLASSES, gan_section(**TINY, steps=K), **runs["kw"](a))
 
 
-def test_nonfinite_loss_raises_and_keeps_last_checkpoint(runs):
+def test_raising_steps_resumes_and_continues_the_log(runs, tmp_path, caplog):
+    """A run trained to 2K steps, called again with 3K: it resumes at 2K (a copy of run A)."""
+    a = runs["a"]
+    r = dict(root=tmp_path / "ckpt", gen=tmp_path / "gen", csv=tmp_path / "log.csv", png=tmp_path / "s.png")
+    run_dir = r["root"] / Path(a["ckpt"]).name
+    shutil.copytree(a["ckpt"], run_dir)
+    with caplog.at_level(logging.INFO, logger="bioaug.gan"):
+        res = train_gan(runs["tiles"], runs["labels"], CLASSES, gan_section(**TINY, steps=3 * K), **runs["kw"](r))
+    assert res["checkpoint_dir"] == str(run_dir.resolve()) and res["steps_done"] == 3 * K
+    assert f"resumed GAN training from {run_dir.resolve()} at step {2 * K}" in caplog.text
+    header, rows = _rows(r["csv"])
+    assert tuple(header) == CSV_HEADER
+    _, rows_a = _rows(a["csv"])
+    assert [int(row[0]) for row in rows] == [4, 8, 12, 16, 18]
+    assert rows[:3] == rows_a  # the rows before the resume, unchanged
+    assert load_generator(r["gen"]).step == 3 * K
+
+
+def test_nonfinite_loss_raises_and_keeps_last_checkpoint(runs, tmp_path):
     b = runs["b"]
-    huge = {**TINY, "steps": 4 * K, "lr_g": 1e30, "lr_d": 1e30}
+    huge = dict(TINY, steps=4 * K, lr_g=1e30, lr_d=1e30)
+    # other learning rates are another run: start it from b's checkpoint (step 2K)
+    ident = run_identity(gan_config(16, 1, 3, **huge), "", data_fingerprint(runs["tiles"], runs["labels"]))
+    run_dir = tmp_path / "ckpt" / ident
+    shutil.copytree(b["ckpt"], run_dir)
+    r = dict(root=tmp_path / "ckpt", gen=tmp_path / "gen", csv=tmp_path / "log.csv", png=tmp_path / "s.png")
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step (\d+)") as info:
-        train_gan(runs["tiles"], runs["labels"], CLASSES, huge, **runs["kw"](b))
+        train_gan(runs["tiles"], runs["labels"], CLASSES, gan_section(**huge), **runs["kw"](r))
     bad = int(re.search(r"at step (\d+)", str(info.value)).group(1))
     assert 2 * K < bad <= 2 * K + TINY["log_every"]
-    cfg = GanConfig.from_dict(huge, 16, 1, 3)
-    step, state = load_checkpoint(b["ckpt"], cfg)
+    cfg = gan_config(16, 1, 3, **huge)
+    step, state = load_checkpoint(run_dir, cfg)
     assert step == 2 * K
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state["g"]))

@@ -20,14 +20,15 @@ import textwrap
 
 import pytest
 
-from bioaug.gan.train import maybe_initialize_distributed
+from bioaug.gan.devices import maybe_initialize_distributed
+from gan_reference import gan_section
 
 SCRIPT = textwrap.dedent(r"""
     import json, sys, tempfile
     from pathlib import Path
     import jax, numpy as np
     from bioaug.gan import GanConfig, train_gan, load_generator
-    from bioaug.gan import train as T
+    from bioaug.gan import devices as D, state as ST, step as S
     from bioaug.gan.input_pipeline import class_balanced_indices
     from bioaug.runtime import BioaugError
 
@@ -35,17 +36,15 @@ SCRIPT = textwrap.dedent(r"""
     rng = np.random.default_rng(0)
     labels = np.array([0] * 20 + [1] * 8 + [2] * 4)
     tiles = rng.random((len(labels), 16, 16, 1), dtype=np.float32)
-    base = dict(batch_size=8, z_dim=16, g_channels=[16, 8], d_channels=[8, 16], seed=5,
-                ada=True, augment_p=0.5, ada_interval=2, ada_kimg=0.05,
-                r1_gamma=1.0, r1_interval=2, lecam_weight=0.1)
-    cfg = GanConfig.from_dict(base, 16, 1, 3)
+    base = BASE_SECTION
+    cfg = GanConfig.from_section(base, 16, 1, 3)
     out = {}
     for name, devices in (("one", jax.devices()[:1]), ("two", jax.devices())):
-        mesh = T.make_mesh(devices)
-        rep, bat = T._shardings(mesh)
-        _, _, state = T.init_train_state(cfg, mesh)
-        step = T._cached_train_step(T._structural(cfg), (0, 1, 2), mesh)
-        hyper = jax.device_put(T.step_hyperparams(cfg), rep)
+        mesh = D.make_mesh(devices)
+        rep, bat = D.shardings(mesh)
+        _, _, state = ST.init_train_state(cfg, mesh)
+        step = S.cached_train_step(cfg, (0, 1, 2), mesh)
+        hyper = jax.device_put(S.step_hyperparams(cfg), rep)
         sampler = class_balanced_indices(labels, 8, 5)
         losses = []
         for k in range(6):
@@ -62,7 +61,7 @@ SCRIPT = textwrap.dedent(r"""
                                      {n: state[n] for n in ("g", "d", "ema", "opt_d")})[0]})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        kw = dict(checkpoint_dir=tmp / "ck", generator_dir=tmp / "gen", log_csv=tmp / "log.csv",
+        kw = dict(checkpoint_root=tmp / "ck", generator_dir=tmp / "gen", log_csv=tmp / "log.csv",
                   samples_png=tmp / "s.png")
         small = {**base, "log_every": 2, "checkpoint_every": 2}
         try:
@@ -73,26 +72,43 @@ SCRIPT = textwrap.dedent(r"""
         r1 = train_gan(tiles, labels, ["a", "b", "c"], {**small, "steps": 4}, **kw)
         r2 = train_gan(tiles, labels, ["a", "b", "c"], {**small, "steps": 6}, **kw)
         out["steps_done"] = [r1["steps_done"], r2["steps_done"]]
+        out["same_run"] = r1["checkpoint_dir"] == r2["checkpoint_dir"]
         out["log_steps"] = [int(l.split(",")[0]) for l in (tmp / "log.csv").read_text().split()[1:]]
         out["generator_step"] = load_generator(tmp / "gen").step
     print("RESULT " + json.dumps(out))
-""")
+""").replace(
+    "BASE_SECTION",
+    repr(
+        gan_section(
+            batch_size=8,
+            z_dim=16,
+            g_channels=[16, 8],
+            d_channels=[8, 16],
+            seed=5,
+            ada=True,
+            augment_p=0.5,
+            ada_interval=2,
+            ada_kimg=0.05,
+            r1_gamma=1.0,
+            r1_interval=2,
+            lecam_weight=0.1,
+        )
+    ),
+)
 
 
 def test_two_devices_match_one_device():
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-5000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    res = json.loads(line[len("RESULT "):])
+    res = json.loads(line[len("RESULT ") :])
     one, two = res["one"], res["two"]
     import numpy as np
 
-    np.testing.assert_allclose(np.array(two["losses"]), np.array(one["losses"]),
-                               rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(np.array(two["losses"]), np.array(one["losses"]), rtol=2e-3, atol=2e-4)
     assert one["aug_p"] != 0.5  # ADA moved p (identically on both meshes)
     np.testing.assert_allclose(two["aug_p"], one["aug_p"], atol=1e-6)
     assert one["leaves"].keys() == two["leaves"].keys()
@@ -101,18 +117,17 @@ def test_two_devices_match_one_device():
         # turns into +-lr steps: those are noise on any device count; skip them.
         if re.search(r"blocks.*conv.*bias", name) and "'d'" not in name:
             continue
-        np.testing.assert_allclose(np.array(two["leaves"][name]), np.array(a), rtol=2e-3,
-                                   atol=2e-4, err_msg=name)
-    assert res["divisible_error"] and "gan.batch_size" in res["divisible_error"] \
-        and "2 devices" in res["divisible_error"]
-    assert res["steps_done"] == [4, 6] and res["generator_step"] == 6
+        np.testing.assert_allclose(np.array(two["leaves"][name]), np.array(a), rtol=2e-3, atol=2e-4, err_msg=name)
+    assert (
+        res["divisible_error"] and "gan.batch_size" in res["divisible_error"] and "2 devices" in res["divisible_error"]
+    )
+    assert res["steps_done"] == [4, 6] and res["generator_step"] == 6 and res["same_run"]
     assert res["log_steps"] == [2, 4, 6]
 
 
 def test_maybe_initialize_distributed_is_a_noop_in_one_process(monkeypatch):
     for var in list(os.environ):
-        if var.startswith(("SLURM_", "OMPI_")) or var in ("JAX_COORDINATOR_ADDRESS",
-                                                          "JAX_NUM_PROCESSES"):
+        if var.startswith(("SLURM_", "OMPI_")) or var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES"):
             monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task SLURM job: still one process
     monkeypatch.setenv("SLURM_PROCID", "0")
@@ -132,15 +147,30 @@ MULTIPROCESS_CHILD = textwrap.dedent(r"""
     rng = np.random.default_rng(0)
     labels = np.array([0] * 20 + [1] * 8 + [2] * 4)
     tiles = rng.random((len(labels), 16, 16, 1), dtype=np.float32)
-    cfg = dict(batch_size=8, z_dim=16, g_channels=[16, 8], d_channels=[8, 16], seed=5,
-               log_every=2, checkpoint_every=2, steps=steps, conditional_bn=True,
-               mode_seeking_weight=1.0, r1_gamma=1.0, r1_interval=2)
-    res = train_gan(tiles, labels, ["a", "b", "c"], cfg, checkpoint_dir=f"{out}/ck",
+    cfg = {**SECTION, "steps": steps}
+    res = train_gan(tiles, labels, ["a", "b", "c"], cfg, checkpoint_root=f"{out}/ck",
                     generator_dir=f"{out}/gen", log_csv=f"{out}/log.csv",
                     samples_png=f"{out}/s.png")
     print("RESULT " + json.dumps({"process": jax.process_index(), "of": jax.process_count(),
                                   "devices": jax.device_count(), **res}))
-""")
+""").replace(
+    "SECTION",
+    repr(
+        gan_section(
+            batch_size=8,
+            z_dim=16,
+            g_channels=[16, 8],
+            d_channels=[8, 16],
+            seed=5,
+            log_every=2,
+            checkpoint_every=2,
+            conditional_bn=True,
+            mode_seeking_weight=1.0,
+            r1_gamma=1.0,
+            r1_interval=2,
+        )
+    ),
+)
 
 
 def _free_port() -> int:
@@ -157,15 +187,19 @@ def _run_processes(out, steps: int, n: int, cache) -> list[dict]:
     port = _free_port()
     procs = []
     for i in range(n):
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SLURM_", "OMPI_")) and k != "XLA_FLAGS"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_")) and k != "XLA_FLAGS"}
         env.update(JAX_PLATFORMS="cpu")
         if n > 1:
-            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n),
-                       JAX_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen([sys.executable, "-c", MULTIPROCESS_CHILD, str(out),
-                                       str(steps), str(cache)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=env))
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", MULTIPROCESS_CHILD, str(out), str(steps), str(cache)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     results = []
     for p in procs:
         try:
@@ -173,10 +207,10 @@ def _run_processes(out, steps: int, n: int, cache) -> list[dict]:
         except subprocess.TimeoutExpired:  # e.g. one process waiting at a barrier forever
             for q in procs:
                 q.kill()
-            raise AssertionError("a training process hung (a barrier only some processes reach?)")
+            raise AssertionError("a training process hung (a barrier only some processes reach?)") from None
         assert p.returncode == 0, stderr[-4000:]
         line = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1]
-        results.append(json.loads(line[len("RESULT "):]))
+        results.append(json.loads(line[len("RESULT ") :]))
     return results
 
 
@@ -197,14 +231,14 @@ def test_two_processes_train_like_one_and_process_0_exports(tmp_path):
     assert all(r["steps_done"] == 4 for r in two)
     resumed = _run_processes(tmp_path / "two", 6, 2, cache)  # from the step-4 checkpoint
     assert all(r["steps_done"] == 6 for r in resumed)
-    one = _run_processes(tmp_path / "one", 6, 1, cache)
+    _run_processes(tmp_path / "one", 6, 1, cache)
     log_two = pd.read_csv(tmp_path / "two" / "log.csv")
     log_one = pd.read_csv(tmp_path / "one" / "log.csv")
     assert log_two["step"].tolist() == log_one["step"].tolist() == [2, 4, 6]
     cols = ["d_loss", "g_loss", "d_real", "d_fake", "r1"]
-    np.testing.assert_allclose(log_two[cols].to_numpy(), log_one[cols].to_numpy(),
-                               rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(log_two[cols].to_numpy(), log_one[cols].to_numpy(), rtol=2e-3, atol=2e-4)
     gen_two, gen_one = (load_generator(tmp_path / d / "gen") for d in ("two", "one"))
     assert gen_two.step == gen_one.step == 6
-    np.testing.assert_allclose(sample_tiles(gen_two, 1, np.arange(4)),
-                               sample_tiles(gen_one, 1, np.arange(4)), atol=2e-3)
+    np.testing.assert_allclose(
+        sample_tiles(gen_two, 1, np.arange(4)), sample_tiles(gen_one, 1, np.arange(4)), atol=2e-3
+    )

@@ -1,15 +1,14 @@
 """Tests of the GAN's optional features and their building blocks (tiny networks, ~20 s).
 
-Config keys (ada / augment_p / ada_*, r1_*, lecam_weight, compute_dtype), the equivalence
-of the fast convolution forms with plain convolutions, adaptive DiffAugment, R1, LeCam,
-bfloat16 compute, the memory-mapped tile sources and the background batch loader.
+Derived config values (ADA speed), the equivalence of the fast convolution forms with
+plain convolutions, adaptive DiffAugment, R1, LeCam, bfloat16 compute, the memory-mapped
+tile sources and the background batch loader.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import re
 import subprocess
 import sys
 
@@ -18,16 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bioaug.gan import GanConfig, train_gan
-from bioaug.gan import train as T
+from bioaug.gan import devices as D
+from bioaug.gan import state as ST
+from bioaug.gan import step as S
+from bioaug.gan import train_gan
 from bioaug.gan.augment import diff_augment
-from bioaug.gan.input_pipeline import (ArrayTiles, BatchLoader, ShardedTiles,
-                                       class_balanced_indices, gather_batch)
-from bioaug.gan.networks import conv2d, upsample2x, upsample_conv3x3
-from bioaug.runtime import BioaugError
+from bioaug.gan.input_pipeline import ArrayTiles, BatchLoader, ShardedTiles, class_balanced_indices, gather_batch
+from bioaug.gan.ops import conv2d, upsample2x, upsample_conv3x3
+from gan_reference import gan_config, gan_section
 
-TINY = dict(batch_size=8, z_dim=16, g_channels=[16, 8], d_channels=[8, 16], seed=3,
-            log_every=2, checkpoint_every=4)
+TINY = dict(batch_size=8, z_dim=16, g_channels=[16, 8], d_channels=[8, 16], seed=3, log_every=2, checkpoint_every=4)
 
 
 def _data(n=30, seed=0):
@@ -39,58 +38,37 @@ def _data(n=30, seed=0):
 def _steps(cfg_dict, n, data=None):
     """Run n train steps directly; return the state and the per-step metric rows."""
     tiles, labels = data or _data()
-    cfg = GanConfig.from_dict({**TINY, **cfg_dict}, 16, 1, 3)
-    mesh = T.make_mesh()
-    rep, bat = T._shardings(mesh)
-    _, _, state = T.init_train_state(cfg, mesh)
-    step = T._cached_train_step(T._structural(cfg), (0, 1, 2), mesh)
-    hyper = jax.device_put(T.step_hyperparams(cfg), rep)
+    cfg = gan_config(16, 1, 3, **{**TINY, **cfg_dict})
+    mesh = D.make_mesh()
+    rep, bat = D.shardings(mesh)
+    _, _, state = ST.init_train_state(cfg, mesh)
+    step = S.cached_train_step(cfg, (0, 1, 2), mesh)
+    hyper = jax.device_put(S.step_hyperparams(cfg), rep)
     rows = []
     for idx in itertools.islice(class_balanced_indices(labels, cfg.batch_size, cfg.seed), n):
         before = np.asarray(state["metrics"]).copy()
-        state = step(state, jax.device_put(tiles[idx], bat),
-                     jax.device_put(labels[idx].astype(np.int32), bat), hyper)
+        state = step(state, jax.device_put(tiles[idx], bat), jax.device_put(labels[idx].astype(np.int32), bat), hyper)
         rows.append(np.asarray(state["metrics"]) - before)
     return cfg, state, np.array(rows)
 
 
 # ----------------------------------------------------------------------------- config
-@pytest.mark.parametrize("patch, key", [
-    ({"ada": "yes"}, "gan.ada"),
-    ({"augment_p": 1.5}, "gan.augment_p"),
-    ({"ada_target": -0.1}, "gan.ada_target"),
-    ({"ada_interval": 0}, "gan.ada_interval"),
-    ({"ada_kimg": 0}, "gan.ada_kimg"),
-    ({"r1_gamma": -1}, "gan.r1_gamma"),
-    ({"r1_interval": 0}, "gan.r1_interval"),
-    ({"lecam_weight": -0.5}, "gan.lecam_weight"),
-    ({"compute_dtype": "float16"}, "gan.compute_dtype"),
-    ({"mode_seeking_weight": -1}, "gan.mode_seeking_weight"),
-    ({"mode_seeking_weight": 1, "batch_size": 7}, "gan.batch_size"),
-    ({"conditional_bn": "yes"}, "gan.conditional_bn"),
-])
-def test_new_config_errors_name_the_key(patch, key):
-    with pytest.raises(BioaugError, match=re.escape(key)):
-        GanConfig.from_dict({**TINY, **patch}, tile_size=16, channels=1, n_classes=3)
-
-
-def test_new_config_defaults_and_ada_speed():
-    cfg = GanConfig.from_dict({}, 32, 1, 2)
-    assert (cfg.ada, cfg.augment_p, cfg.r1_gamma, cfg.lecam_weight, cfg.compute_dtype) == \
-        (False, 0.0, 0.0, 0.0, "float32")
+def test_ada_speed():
+    cfg = gan_config(32, 1, 2)
     # a short run: p can cross [0, 1] in a tenth of its images; a long one: in 500k images
     assert cfg.ada_images == pytest.approx(0.1 * cfg.steps * cfg.batch_size)
-    long = GanConfig.from_dict({"steps": 10 ** 7}, 32, 1, 2)
+    long = gan_config(32, 1, 2, steps=10**7)
     assert long.ada_images == 500_000
-    fixed = GanConfig.from_dict({"ada_kimg": 2, "batch_size": 16, "ada_interval": 4}, 32, 1, 2)
+    fixed = gan_config(32, 1, 2, ada_kimg=2, batch_size=16, ada_interval=4)
     assert fixed.ada_adjust == pytest.approx(16 * 4 / 2000)
-    assert GanConfig.from_dict({"ada_kimg": None}, 32, 1, 2).ada_kimg is None
+    assert gan_config(32, 1, 2, ada_kimg=None).ada_kimg is None
 
 
 # ----------------------------------------------------------------------------- conv forms
 def _plain_conv(x, w, stride, pad):
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 @pytest.mark.parametrize("cin, cout, size", [(5, 3, 3)])
@@ -109,7 +87,7 @@ def test_upsample_conv_matches_upsample_then_conv(cin, cout, size):
 
 
 def test_strided_conv_custom_gradient_matches_lax():
-    from bioaug.gan.networks import conv4x4_s2
+    from bioaug.gan.ops import conv4x4_s2
 
     kx, kw = jax.random.split(jax.random.key(2))
     x = jax.random.normal(kx, (2, 6, 8, 3))
@@ -126,12 +104,10 @@ def test_conv2d_matches_lax_conv(cin, k, stride, pad):
     kx, kw = jax.random.split(jax.random.key(1))
     x = jax.random.normal(kx, (2, 8, 8, cin))
     w = jax.random.normal(kw, (k, k, cin, 6))
-    np.testing.assert_allclose(conv2d(x, w, stride, pad), _plain_conv(x, w, stride, pad),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(conv2d(x, w, stride, pad), _plain_conv(x, w, stride, pad), rtol=1e-4, atol=1e-4)
     out = conv2d(x, w, stride, pad, jnp.bfloat16)
     assert out.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(out, np.float32), _plain_conv(x, w, stride, pad),
-                               rtol=0.05, atol=0.15)
+    np.testing.assert_allclose(np.asarray(out, np.float32), _plain_conv(x, w, stride, pad), rtol=0.05, atol=0.15)
 
 
 # ----------------------------------------------------------------------------- ADA
@@ -149,16 +125,16 @@ def test_diffaugment_probability():
 
 # One compiled step with every option on (ADA, lazy R1, LeCam) serves the next tests: the
 # strengths are runtime values, so variants with a negligible R1 or LeCam share its code.
-ALL_ON = dict(ada=True, augment_p=0.5, ada_interval=2, ada_kimg=0.08, r1_gamma=10.0,
-              r1_interval=2, lecam_weight=1.0)
+ALL_ON = dict(ada=True, augment_p=0.5, ada_interval=2, ada_kimg=0.08, r1_gamma=10.0, r1_interval=2, lecam_weight=1.0)
 OFF = 1e-30  # "off" without another compile
 
 
 @pytest.fixture(scope="module")
 def all_on():
-    return {name: _steps({**ALL_ON, **patch}, 2)
-            for name, patch in (("all", {}), ("no_r1", {"r1_gamma": OFF}),
-                                ("no_lecam", {"lecam_weight": OFF}))}
+    return {
+        name: _steps({**ALL_ON, **patch}, 2)
+        for name, patch in (("all", {}), ("no_r1", {"r1_gamma": OFF}), ("no_lecam", {"lecam_weight": OFF}))
+    }
 
 
 def test_ada_p_moves_by_its_step(all_on):
@@ -197,8 +173,9 @@ def test_mode_seeking_term_values():
     z = jnp.asarray([[0.0, 0.0], [1.0, 3.0], [2.0, 2.0], [2.0, 0.0]])  # |dz| means 2 and 1
     same = jnp.ones((4, 3, 3, 1))
     assert float(mode_seeking(same, z)) == pytest.approx(1.0 / MODE_SEEKING_EPS)  # collapsed
-    x = jnp.concatenate([jnp.zeros((1, 3, 3, 1)), jnp.full((1, 3, 3, 1), 0.6),
-                         jnp.zeros((1, 3, 3, 1)), jnp.full((1, 3, 3, 1), 0.3)])
+    x = jnp.concatenate(
+        [jnp.zeros((1, 3, 3, 1)), jnp.full((1, 3, 3, 1), 0.6), jnp.zeros((1, 3, 3, 1)), jnp.full((1, 3, 3, 1), 0.3)]
+    )
     # mean |dx| over both pairs 0.45, mean |dz| 1.5: 1 / (0.3 + eps)
     assert float(mode_seeking(x, z)) == pytest.approx(1.0 / (0.3 + MODE_SEEKING_EPS), rel=1e-5)
     # further-apart images for the same latents: a smaller term (what G is pushed towards)
@@ -207,7 +184,8 @@ def test_mode_seeking_term_values():
     assert float(mode_seeking(x, z, 0.2)) == 0.0
     assert float(jnp.abs(jax.grad(lambda a: mode_seeking(a, z, 0.2))(x)).max()) == 0.0
     assert float(mode_seeking(x, z, 0.6)) == pytest.approx(
-        1 / (0.3 + MODE_SEEKING_EPS) - 1 / (0.6 + MODE_SEEKING_EPS), rel=1e-5)
+        1 / (0.3 + MODE_SEEKING_EPS) - 1 / (0.6 + MODE_SEEKING_EPS), rel=1e-5
+    )
 
 
 def test_mode_seeking_cap_is_the_real_same_class_distance():
@@ -219,7 +197,7 @@ def test_mode_seeking_cap_is_the_real_same_class_distance():
     tiles = np.broadcast_to(values[:, None, None, None], (5, 3, 3, 2)).copy()
     labels = np.array([0, 0, 1, 1, 2])
     assert same_class_pair_distance(tiles, labels, seed=0) == pytest.approx(0.6)
-    assert T.mode_seeking_target(tiles, labels, 0) == pytest.approx(1.2 / LATENT_PAIR_DISTANCE)
+    assert S.mode_seeking_target(tiles, labels, 0) == pytest.approx(1.2 / LATENT_PAIR_DISTANCE)
     assert same_class_pair_distance(tiles[[0, 2, 4]], np.array([0, 1, 2]), seed=0) == 0.0
     # E|a - b| for a, b ~ N(0, 1), the latent side of the ratio
     r = np.random.default_rng(0).standard_normal((2, 200_000))
@@ -242,12 +220,10 @@ def test_class_batchnorm_is_batchnorm_until_its_class_table_moves():
     cond.class_affine.embedding[...] = jnp.asarray(table)
     got = np.asarray(cond(x, y, train=True))
     np.testing.assert_allclose(got[y != 1], np.asarray(want)[np.asarray(y) != 1], atol=1e-6)
-    np.testing.assert_allclose(got[y == 1], 2 * np.asarray(want)[np.asarray(y) == 1] + 0.5,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[y == 1], 2 * np.asarray(want)[np.asarray(y) == 1] + 0.5, rtol=1e-5, atol=1e-5)
     # without `conditional` it has exactly BatchNorm's parameters (the reference layout)
     flat = ClassBatchNorm(3, 3, False, rngs=nnx.Rngs(0))
-    assert jax.tree.structure(nnx.state(flat, nnx.Param)) == \
-        jax.tree.structure(nnx.state(plain, nnx.Param))
+    assert jax.tree.structure(nnx.state(flat, nnx.Param)) == jax.tree.structure(nnx.state(plain, nnx.Param))
 
 
 def test_conditional_bn_and_mode_seeking_train_and_sample(tmp_path):
@@ -255,9 +231,16 @@ def test_conditional_bn_and_mode_seeking_train_and_sample(tmp_path):
 
     tiles, labels = _data()
     cfg = {**TINY, "steps": 4, "conditional_bn": True, "mode_seeking_weight": 1.0}
-    res = train_gan(tiles, labels, ["a", "b", "c"], cfg, checkpoint_dir=tmp_path / "ck",
-                    generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
-                    samples_png=tmp_path / "s.png")
+    res = train_gan(
+        tiles,
+        labels,
+        ["a", "b", "c"],
+        gan_section(**cfg),
+        checkpoint_root=tmp_path / "ck",
+        generator_dir=tmp_path / "gen",
+        log_csv=tmp_path / "log.csv",
+        samples_png=tmp_path / "s.png",
+    )
     assert res["steps_done"] == 4 and np.isfinite(res["g_loss"])
     gen = load_generator(tmp_path / "gen")
     assert gen.meta["conditional_bn"] is True
@@ -265,7 +248,7 @@ def test_conditional_bn_and_mode_seeking_train_and_sample(tmp_path):
     np.testing.assert_array_equal(a, sample_tiles(gen, 0, np.arange(6)))  # deterministic
     assert a.shape == (6, 16, 16, 1) and not np.array_equal(a, b)
     # the per-class tables were trained (they start at zero)
-    _, state = T.load_checkpoint(tmp_path / "ck", GanConfig.from_dict(cfg, 16, 1, 3))
+    _, state = ST.load_checkpoint(res["checkpoint_dir"], gan_config(16, 1, 3, **cfg))
     assert float(np.abs(np.asarray(state["g"]["params"]["bn0"]["class_affine"]["embedding"])).max()) > 0
     # the mode-seeking term (>= 0) is part of G's logged loss
     _, _, plain = _steps({"conditional_bn": True}, 1)
@@ -293,8 +276,9 @@ def test_sharded_tiles_and_loader(tmp_path):
     np.testing.assert_array_equal(mm.gather(np.array([3, 1, 3])), arrays[1][[3, 1, 3]])
 
     labels = rng.integers(0, 3, len(full))
-    want = [gather_batch(full, labels, i)
-            for i in itertools.islice(class_balanced_indices(labels, 6, 9, start_step=4), 5)]
+    want = [
+        gather_batch(full, labels, i) for i in itertools.islice(class_balanced_indices(labels, 6, 9, start_step=4), 5)
+    ]
     with BatchLoader(src, labels, 6, 9, start_step=4, prefetch=2) as loader:
         got = [next(loader) for _ in range(5)]
     for (xa, ya), (xb, yb) in zip(want, got):
@@ -315,37 +299,58 @@ def test_train_gan_from_memory_mapped_shards(tmp_path):
     np.save(tmp_path / "b.npy", tiles[13:])
     src = ShardedTiles.from_npys([tmp_path / "a.npy", tmp_path / "b.npy"])
     cfg = {**TINY, "steps": 4}
-    res = train_gan(src, labels, ["a", "b", "c"], cfg, checkpoint_dir=tmp_path / "ck",
-                    generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
-                    samples_png=tmp_path / "s.png")
+    res = train_gan(
+        src,
+        labels,
+        ["a", "b", "c"],
+        gan_section(**cfg),
+        checkpoint_root=tmp_path / "ck",
+        generator_dir=tmp_path / "gen",
+        log_csv=tmp_path / "log.csv",
+        samples_png=tmp_path / "s.png",
+    )
     assert res["steps_done"] == 4 and (tmp_path / "gen" / "generator.json").exists()
-    _, state = T.load_checkpoint(tmp_path / "ck", GanConfig.from_dict(cfg, 16, 1, 3))
+    _, state = ST.load_checkpoint(res["checkpoint_dir"], gan_config(16, 1, 3, **cfg))
     _, in_memory, _ = _steps({"steps": 4}, 4, (tiles, labels))  # the same 4 batches
     for a, b in zip(jax.tree.leaves(state["g"]), jax.tree.leaves(in_memory["g"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     assert float(state["aug_p"]) == 1.0  # without ADA: every image augmented
     # the same data, held either way, has the same fingerprint (resume does not warn)
-    assert T._data_fingerprint(ArrayTiles(tiles), labels) == T._data_fingerprint(src, labels)
+    assert ST.data_fingerprint(ArrayTiles(tiles), labels) == ST.data_fingerprint(src, labels)
 
 
 def test_sharded_tiles_match_load_tiles(tmp_path):
     import pandas as pd
 
+    from bioaug.formats.shards import load_tiles
     from bioaug.gan.input_pipeline import sharded_tiles
-    from bioaug.tilestore import load_tiles, write_shard
+    from helpers import write_shard
 
     rng = np.random.default_rng(2)
-    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(12)],
-                          "label": list("abcab" * 2 + "cc"),
-                          "split": ["train", "val", "train", "train"] * 3})
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{k}" for k in range(12)],
+            "label": list("abcab" * 2 + "cc"),
+            "split": ["train", "val", "train", "train"] * 3,
+        }
+    )
     shards = []
     for s, ids in enumerate((range(0, 7), range(7, 12))):
-        meta = pd.DataFrame({"tile_id": [f"t{k}" for k in ids], "item_id": [f"i{k}" for k in ids],
-                             "label": items["label"].iloc[list(ids)].tolist(),
-                             "image": ["img"] * len(ids)})
+        meta = pd.DataFrame(
+            {
+                "tile_id": [f"t{k}" for k in ids],
+                "item_id": [f"i{k}" for k in ids],
+                "label": items["label"].iloc[list(ids)].tolist(),
+                "image": ["img"] * len(ids),
+            }
+        )
         npy = tmp_path / f"shard{s}.npy"
-        write_shard(npy, rng.random((len(ids), 4, 4, 1), dtype=np.float32), meta,
-                    pd.DataFrame(columns=["image", "channel", "low", "high"]))
+        write_shard(
+            npy,
+            rng.random((len(ids), 4, 4, 1), dtype=np.float32),
+            meta,
+            pd.DataFrame(columns=["image", "channel", "low", "high"]),
+        )
         shards.append(npy)
     x, y, rows = load_tiles(shards, items)
     src, y2, rows2 = sharded_tiles(shards, items)
@@ -356,27 +361,28 @@ def test_sharded_tiles_match_load_tiles(tmp_path):
 
 # ----------------------------------------------------------------------------- runtime
 def test_configure_jax_respects_user_xla_flags():
-    code = ("import os, jax\nfrom bioaug.runtime import configure_jax, XLA_CPU_FLAGS\n"
-            "configure_jax()\nprint(repr(os.environ.get('XLA_FLAGS')), repr(XLA_CPU_FLAGS))\n")
+    code = (
+        "import os, jax\nfrom bioaug.runtime import configure_jax, XLA_CPU_FLAGS\n"
+        "configure_jax()\nprint(repr(os.environ.get('XLA_FLAGS')), repr(XLA_CPU_FLAGS))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    unset = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=env, timeout=60)
+    unset = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert unset.returncode == 0, unset.stderr
     flags, expected = unset.stdout.strip().split(" ", 1)
     expected = eval(expected)  # noqa: S307 - a tuple of str we printed
     assert eval(flags) == (" ".join(expected) if expected else None)  # noqa: S307
     env["XLA_FLAGS"] = "--xla_cpu_enable_fast_math=false"
-    user = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=60)
+    user = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert user.returncode == 0, user.stderr
     assert user.stdout.startswith("'--xla_cpu_enable_fast_math=false'")
     # flags set by configure_jax after `import jax` reach XLA (an unknown one is fatal there)
-    probe = ("import jax, bioaug.runtime as r\nr.XLA_CPU_FLAGS = ('--xla_no_such_flag_bioaug=1',)\n"
-             "r.configure_jax()\nimport jax.numpy as jnp\nprint(jnp.ones(2).sum())\n")
+    probe = (
+        "import jax, bioaug.runtime as r\nr.XLA_CPU_FLAGS = ('--xla_no_such_flag_bioaug=1',)\n"
+        "r.configure_jax()\nimport jax.numpy as jnp\nprint(jnp.ones(2).sum())\n"
+    )
     del env["XLA_FLAGS"]
-    dead = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env=env, timeout=60)
+    dead = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
     assert dead.returncode != 0 and "xla_no_such_flag_bioaug" in dead.stderr
 
 
@@ -385,8 +391,8 @@ def test_checkpoint_of_an_older_layout_restores(tmp_path):
     what it has is restored, the rest starts fresh."""
     import orbax.checkpoint as ocp
 
-    cfg = GanConfig.from_dict(TINY, 16, 1, 3)
-    _, _, state = T.init_train_state(cfg)
+    cfg = gan_config(16, 1, 3, **TINY)
+    _, _, state = ST.init_train_state(cfg)
     old = {k: v for k, v in state.items() if k not in ("aug_p", "ada_acc", "lecam")}
     old["metrics"] = np.zeros(5, np.float32)
     old["step"] = np.int32(7)
@@ -394,10 +400,10 @@ def test_checkpoint_of_an_older_layout_restores(tmp_path):
     mgr.save(7, args=ocp.args.StandardSave(old))
     mgr.wait_until_finished()
     try:
-        restored = T._restore(mgr, 7, state, T.make_mesh())
+        restored = ST.restore_train_state(mgr, 7, state, D.make_mesh())
     finally:
         mgr.close()
     assert restored.keys() == state.keys() and int(restored["step"]) == 7
-    assert float(restored["aug_p"]) == 1.0 and restored["metrics"].shape == (T.N_METRICS,)
+    assert float(restored["aug_p"]) == 1.0 and restored["metrics"].shape == (S.N_METRICS,)
     for a, b in zip(jax.tree.leaves(restored["g"]), jax.tree.leaves(state["g"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -23,14 +23,30 @@ import jax
 import numpy as np
 import pytest
 
-from bioaug.gan import GanConfig, load_generator
-from bioaug.gan.train import CSV_HEADER, load_checkpoint
+from bioaug.gan import load_generator
+from bioaug.gan.state import load_checkpoint
+from bioaug.gan.train import CSV_HEADER
+from gan_reference import gan_config, gan_section
 
 STEPS, CKPT_EVERY, LOG_EVERY = 120, 10, 5
-GAN = dict(batch_size=8, z_dim=16, g_channels=[16, 8], d_channels=[8, 16], seed=11,
-           ada=True, augment_p=0.2, ada_interval=2, ada_kimg=0.1, r1_gamma=0.5,
-           r1_interval=4, lecam_weight=0.05, ema_half_life_steps=5,
-           steps=STEPS, checkpoint_every=CKPT_EVERY, log_every=LOG_EVERY)
+GAN = dict(
+    batch_size=8,
+    z_dim=16,
+    g_channels=[16, 8],
+    d_channels=[8, 16],
+    seed=11,
+    ada=True,
+    augment_p=0.2,
+    ada_interval=2,
+    ada_kimg=0.1,
+    r1_gamma=0.5,
+    r1_interval=4,
+    lecam_weight=0.05,
+    ema_half_life_steps=5,
+    steps=STEPS,
+    checkpoint_every=CKPT_EVERY,
+    log_every=LOG_EVERY,
+)
 
 CHILD = textwrap.dedent(r"""
     import sys, time
@@ -51,10 +67,10 @@ CHILD = textwrap.dedent(r"""
     labels = np.array([0] * 24 + [1] * 10 + [2] * 6)
     tiles = rng.random((len(labels), 16, 16, 1), dtype=np.float32)
     res = train_gan(SlowTiles(tiles), labels, ["a", "b", "c"], GAN,
-                    checkpoint_dir=out / "ckpt", generator_dir=out / "generator",
+                    checkpoint_root=out / "ckpt", generator_dir=out / "generator",
                     log_csv=out / "log.csv", samples_png=out / "samples.png")
     print("DONE", res["steps_done"], flush=True)
-""").replace("GAN,", repr(GAN) + ",")
+""").replace("GAN,", repr(gan_section(**GAN)) + ",")
 
 
 def _env():
@@ -64,8 +80,9 @@ def _env():
 
 
 def _run(out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, str(out)], capture_output=True,
-                          text=True, env=_env(), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(out)], capture_output=True, text=True, env=_env(), timeout=300
+    )
 
 
 def _logged_steps(csv_path: Path) -> list[int]:
@@ -82,6 +99,14 @@ def _logged_steps(csv_path: Path) -> list[int]:
     return steps
 
 
+def _run_dir(root: Path) -> Path:
+    """The run's folder under the checkpoint root (one run per root here; its name is
+    the run identity); the root itself while it does not exist yet."""
+    runs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    assert len(runs) <= 1, runs
+    return runs[0] if runs else root
+
+
 def _finished_checkpoints(ckpt: Path) -> list[int]:
     if not ckpt.is_dir():
         return []
@@ -93,15 +118,26 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     killed_dir, ref_dir = tmp_path / "killed", tmp_path / "reference"
     target = random.Random().randint(CKPT_EVERY + 1, STEPS * 2 // 3)
     # the uninterrupted run, alongside
-    ref = subprocess.Popen([sys.executable, "-c", CHILD, str(ref_dir)], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=_env())
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(killed_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    ref = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(ref_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(killed_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            steps = _logged_steps(killed_dir / "ckpt" / "train_log.csv")  # the live log
-            if steps and steps[-1] >= target and _finished_checkpoints(killed_dir / "ckpt"):
+            run = _run_dir(killed_dir / "ckpt")
+            steps = _logged_steps(run / "train_log.csv")  # the live log
+            if steps and steps[-1] >= target and _finished_checkpoints(run):
                 break
             time.sleep(0.005)
         assert proc.poll() is None, f"training ended before the kill:\n{proc.stderr.read()[-3000:]}"
@@ -114,7 +150,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = _logged_steps(killed_dir / "ckpt" / "train_log.csv")[-1]
+    killed_at = _logged_steps(_run_dir(killed_dir / "ckpt") / "train_log.csv")[-1]
     assert CKPT_EVERY < killed_at < STEPS
     # as Snakemake does before a retry: the failed job's declared outputs are gone
     assert not (killed_dir / "log.csv").exists()
@@ -139,16 +175,18 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
         assert load_generator(d / "generator").step == STEPS
 
     # the final state: parameters, optimiser moments, EMA, RNG key, ADA and LeCam state
-    cfg = GanConfig.from_dict(GAN, 16, 1, 3)
-    step_a, a = load_checkpoint(killed_dir / "ckpt", cfg)
-    step_b, b = load_checkpoint(ref_dir / "ckpt", cfg)
+    cfg = gan_config(16, 1, 3, **GAN)
+    run_a, run_b = _run_dir(killed_dir / "ckpt"), _run_dir(ref_dir / "ckpt")
+    assert run_a.name == run_b.name != "ckpt"  # one run identity
+    step_a, a = load_checkpoint(run_a, cfg)
+    step_b, b = load_checkpoint(run_b, cfg)
     assert step_a == step_b == STEPS
     assert a.keys() == b.keys()
     for name in a:
         if name == "metrics":  # sums since the last log row: also equal, but not state
             continue
-        for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a[name])[0],
-                                jax.tree.leaves(b[name])):
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7,
-                                       err_msg=f"{name}{jax.tree_util.keystr(path)}")
+        for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a[name])[0], jax.tree.leaves(b[name])):
+            np.testing.assert_allclose(
+                np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7, err_msg=f"{name}{jax.tree_util.keystr(path)}"
+            )
     assert 0.0 <= float(a["aug_p"]) <= 1.0

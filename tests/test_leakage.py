@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 import bioaug.classifier
-from bioaug.evaluate import ARMS, run_arm
-from bioaug.tilestore import write_shard
+from bioaug.arms import ARMS
+from bioaug.stages.classify import run_arm
+from helpers import write_shard
 
 SPLIT_VALUE = {"train": 0.25, "val": 0.5, "test": 0.75}  # exact in float32  # every tile's pixels encode its split
 
@@ -17,12 +18,22 @@ SPLIT_VALUE = {"train": 0.25, "val": 0.5, "test": 0.75}  # exact in float32  # e
 def marked_dataset(tmp_path):
     splits = ["train"] * 12 + ["val"] * 6 + ["test"] * 6
     labels = ["a", "b", "c"] * 8
-    items = pd.DataFrame({"item_id": [f"it{i:02d}" for i in range(24)], "image": "f.tif", "group": "f.tif",
-                          "label": labels, "x": 1.0, "y": 1.0, "split": splits})
+    items = pd.DataFrame(
+        {
+            "item_id": [f"it{i:02d}" for i in range(24)],
+            "image": "f.tif",
+            "group": "f.tif",
+            "label": labels,
+            "x": 1.0,
+            "y": 1.0,
+            "split": splits,
+        }
+    )
     tiles = np.stack([np.full((8, 8, 1), SPLIT_VALUE[s], np.float32) for s in splits])
     shard = tmp_path / "shard-00000.npy"
-    write_shard(shard, tiles, items.assign(tile_id=items["item_id"])[["tile_id", "item_id", "label", "image"]],
-                pd.DataFrame())
+    write_shard(
+        shard, tiles, items.assign(tile_id=items["item_id"])[["tile_id", "item_id", "label", "image"]], pd.DataFrame()
+    )
     return items, [shard]
 
 
@@ -44,7 +55,7 @@ def test_classifier_trains_on_train_selects_on_val_and_scores_test_once(monkeypa
 
     monkeypatch.setattr(bioaug.classifier, "train_classifier", fake_train)
     result = run_arm(arm, 0, items, shards, {"epochs": 1})
-    (train_vals, val_vals, options), = calls["fit"]
+    ((train_vals, val_vals, options),) = calls["fit"]
     assert train_vals.tolist() == [SPLIT_VALUE["train"]] and val_vals.tolist() == [SPLIT_VALUE["val"]]
     assert [v.tolist() for v in calls["predict"]] == [[SPLIT_VALUE["test"]]]  # once, test only
     assert result["n"] == 6 and options == {k: v for k, v in ARMS[arm].items() if k != "data"}

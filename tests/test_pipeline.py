@@ -59,14 +59,25 @@ def test_outputs_and_contracts(tiny_run):
     # per-class verdicts for the three GAN arms, computed, with intervals around the difference
     verdicts = pd.read_csv(res / "verdicts.csv")
     assert len(verdicts) == 3 * 4 and set(verdicts["verdict"]) <= {"helps", "hurts", "no evidence"}
-    assert (verdicts["diff_lo"] <= verdicts["difference"] + 1e-9).all() and (verdicts["difference"] <= verdicts["diff_hi"] + 1e-9).all()
+    assert (verdicts["diff_lo"] <= verdicts["difference"] + 1e-9).all() and (
+        verdicts["difference"] <= verdicts["diff_hi"] + 1e-9
+    ).all()
     assert not verdicts["baseline_arm"].isin(["real+gan", "real+gan+classic", "gan_only"]).any()
     assert "| verdict |" in (res / "summary.md").read_text()
     quality = pd.read_csv(res / "gan_quality.csv")
     assert quality["class"].tolist() == ["all", *sorted(items["label"].unique())]
-    assert (quality["fid"] >= 0).all() and quality[["precision", "recall", "coverage"]].apply(lambda c: c.between(0, 1)).all().all()
-    for png in ("report/recall_by_arm.png", "report/f1_by_arm.png", "report/confusion.png", "report/closest_pairs.png",
-                "report/real_vs_synthetic.png", "report/gan_losses.png", "gan/samples.png"):
+    assert (quality["fid"] >= 0).all() and quality[["precision", "recall", "coverage"]].apply(
+        lambda c: c.between(0, 1)
+    ).all().all()
+    for png in (
+        "report/recall_by_arm.png",
+        "report/f1_by_arm.png",
+        "report/confusion.png",
+        "report/closest_pairs.png",
+        "report/real_vs_synthetic.png",
+        "report/gan_losses.png",
+        "gan/samples.png",
+    ):
         assert (res / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 

@@ -9,7 +9,7 @@ from bioaug.metrics import get_metric
 from bioaug.metrics.frechet import fid, frechet_distance, kid
 from bioaug.metrics.manifold import density_coverage, precision_recall
 from bioaug.metrics.memorisation import memorisation_audit
-from bioaug.stats import per_class_scores, summarise_arms
+from bioaug.verdicts import per_class_scores, summarise_arms
 
 
 def test_frechet_distance_closed_form():
@@ -75,9 +75,18 @@ def test_per_class_scores_match_sklearn():
 
 
 def fake_results(y_true, preds_by_arm):
-    return [{"arm": arm, "seed": s, "y_true": list(map(int, y_true)), "y_pred": list(map(int, p)),
-             "test_tile_ids": [f"t{i}" for i in range(len(y_true))], "seconds": 1.0}
-            for arm, preds in preds_by_arm.items() for s, p in enumerate(preds)]
+    return [
+        {
+            "arm": arm,
+            "seed": s,
+            "y_true": list(map(int, y_true)),
+            "y_pred": list(map(int, p)),
+            "test_tile_ids": [f"t{i}" for i in range(len(y_true))],
+            "seconds": 1.0,
+        }
+        for arm, preds in preds_by_arm.items()
+        for s, p in enumerate(preds)
+    ]
 
 
 def test_verdicts_are_computed_from_paired_intervals():
@@ -90,13 +99,16 @@ def test_verdicts_are_computed_from_paired_intervals():
         out[rare[rng.random(len(rare)) > p_rare_correct]] = 0
         return out
 
-    results = fake_results(y, {
-        "real": [noisy(0.3) for _ in range(3)],
-        "oversample": [noisy(0.4) for _ in range(3)],
-        "real+gan": [noisy(0.9) for _ in range(3)],      # clearly better on the rare class
-        "gan_only": [noisy(0.05) for _ in range(3)],     # clearly worse
-        "real+gan+classic": [noisy(0.4) for _ in range(3)],  # same as the best baseline
-    })
+    results = fake_results(
+        y,
+        {
+            "real": [noisy(0.3) for _ in range(3)],
+            "oversample": [noisy(0.4) for _ in range(3)],
+            "real+gan": [noisy(0.9) for _ in range(3)],  # clearly better on the rare class
+            "gan_only": [noisy(0.05) for _ in range(3)],  # clearly worse
+            "real+gan+classic": [noisy(0.4) for _ in range(3)],  # same as the best baseline
+        },
+    )
     arm_table, verdicts = summarise_arms(results, ["common", "rare"], n_boot=500)
     v = verdicts.set_index(["gan_arm", "class"])
     assert v.loc[("real+gan", "rare"), "verdict"] == "helps"

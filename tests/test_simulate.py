@@ -31,22 +31,23 @@ def _hamilton(n: int, fractions: dict[str, float]) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def default_ds(tmp_path_factory):
     out = tmp_path_factory.mktemp("default")
-    df = simulate_dataset(out, n_images=24, image_size=256, cells_per_image=[8, 14],
-                          class_fractions=DEFAULT_FRACTIONS, seed=0)
+    df = simulate_dataset(
+        out, n_images=24, image_size=256, cells_per_image=[8, 14], class_fractions=DEFAULT_FRACTIONS, seed=0
+    )
     return out, df
 
 
 @pytest.fixture(scope="module")
 def look_ds(tmp_path_factory):
     out = tmp_path_factory.mktemp("look")
-    df = simulate_dataset(out, n_images=24, image_size=256, cells_per_image=[8, 14],
-                          class_fractions=LOOK_FRACTIONS, seed=3)
+    df = simulate_dataset(
+        out, n_images=24, image_size=256, cells_per_image=[8, 14], class_fractions=LOOK_FRACTIONS, seed=3
+    )
     return out, df
 
 
 def _run(out, **kw):
-    args = dict(n_images=3, image_size=96, cells_per_image=(2, 5),
-                class_fractions=DEFAULT_FRACTIONS, seed=7)
+    args = dict(n_images=3, image_size=96, cells_per_image=(2, 5), class_fractions=DEFAULT_FRACTIONS, seed=7)
     args.update(kw)
     return simulate_dataset(out, **args)
 
@@ -71,7 +72,8 @@ def test_seed_changes_output(tmp_path):
     da = _run(tmp_path / "a", seed=1)
     db = _run(tmp_path / "b", seed=2)
     same_img = (tmp_path / "a/images/field_0000.tif").read_bytes() == (
-        tmp_path / "b/images/field_0000.tif").read_bytes()
+        tmp_path / "b/images/field_0000.tif"
+    ).read_bytes()
     assert not same_img
     assert not (len(da) == len(db) and da.equals(db))
 
@@ -84,8 +86,7 @@ def test_annotation_table(default_ds):
     assert len(on_disk) == len(df)
     assert (on_disk["image"] == df["image"]).all()
     assert (on_disk["label"] == df["label"]).all()
-    np.testing.assert_allclose(on_disk[["x", "y"]].to_numpy(), df[["x", "y"]].to_numpy(),
-                               atol=0.051)
+    np.testing.assert_allclose(on_disk[["x", "y"]].to_numpy(), df[["x", "y"]].to_numpy(), atol=0.051)
     images = [f"images/field_{i:04d}.tif" for i in range(24)]
     assert sorted(df["image"].unique()) == images
     # ordered by image, every image with 8..14 cells
@@ -133,14 +134,17 @@ def test_default_rarest_at_most_5pct_of_largest(default_ds):
     assert counts.min() >= 1
 
 
-@pytest.mark.parametrize("n, fractions, expected", [
-    (100, DEFAULT_FRACTIONS, {"interphase": 70, "elongated": 17, "mitotic": 10, "apoptotic": 3}),
-    # quotas 4.9, 1.19, 0.7, 0.21 -> 5,1,1,0 -> one taken from the largest for apoptotic
-    (7, DEFAULT_FRACTIONS, {"interphase": 4, "elongated": 1, "mitotic": 1, "apoptotic": 1}),
-    (10, {"a": 1, "b": 1, "c": 1}, {"a": 4, "b": 3, "c": 3}),
-    (5, {"a": 2.0, "b": 3.0}, {"a": 2, "b": 3}),
-    (2, {"a": 0.9, "b": 0.05, "c": 0.05}, {"a": 2, "b": 0, "c": 0}),
-])
+@pytest.mark.parametrize(
+    "n, fractions, expected",
+    [
+        (100, DEFAULT_FRACTIONS, {"interphase": 70, "elongated": 17, "mitotic": 10, "apoptotic": 3}),
+        # quotas 4.9, 1.19, 0.7, 0.21 -> 5,1,1,0 -> one taken from the largest for apoptotic
+        (7, DEFAULT_FRACTIONS, {"interphase": 4, "elongated": 1, "mitotic": 1, "apoptotic": 1}),
+        (10, {"a": 1, "b": 1, "c": 1}, {"a": 4, "b": 3, "c": 3}),
+        (5, {"a": 2.0, "b": 3.0}, {"a": 2, "b": 3}),
+        (2, {"a": 0.9, "b": 0.05, "c": 0.05}, {"a": 2, "b": 0, "c": 0}),
+    ],
+)
 def test_class_counts_rule(n, fractions, expected):
     got = class_counts(n, fractions)
     assert got == expected
@@ -155,8 +159,7 @@ def test_small_dataset_every_class_present(tmp_path):
 
 def test_unknown_classes_and_crowded_field(tmp_path):
     fr = {"interphase": 1.0, "foo": 1.0, "bar baz": 2.0, "qux": 0.5}
-    df = simulate_dataset(tmp_path, n_images=2, image_size=64, cells_per_image=[20, 25],
-                          class_fractions=fr, seed=0)
+    df = simulate_dataset(tmp_path, n_images=2, image_size=64, cells_per_image=[20, 25], class_fractions=fr, seed=0)
     assert df["label"].value_counts().to_dict() == class_counts(len(df), fr)
     assert df["x"].between(0, 63).all() and df["y"].between(0, 63).all()
     arr = tifffile.imread(tmp_path / "images/field_0001.tif")
@@ -172,7 +175,7 @@ def _load(out, df):
 
 def _centre_mean(img, x, y, half=2):
     r, c = int(round(y)), int(round(x))
-    return img[0, r - half:r + half + 1, c - half:c + half + 1].mean()
+    return img[0, r - half : r + half + 1, c - half : c + half + 1].mean()
 
 
 def _eccentricity(img, x, y, half=15):
@@ -185,7 +188,7 @@ def _eccentricity(img, x, y, half=15):
     w = np.clip(ch[r0:r1, c0:c1] - bg, 0, None)
     yy, xx = np.mgrid[r0:r1, c0:c1]
     dy, dx = yy - y, xx - x
-    w = w * (dx ** 2 + dy ** 2 <= half ** 2)  # circular window
+    w = w * (dx**2 + dy**2 <= half**2)  # circular window
     w = w / w.sum()
     my, mx = (w * dy).sum(), (w * dx).sum()
     cyy = (w * (dy - my) ** 2).sum()
@@ -221,8 +224,8 @@ def test_cytoplasm_size_and_brightness(look_ds):
             ch = imgs[r.image][1]
             bg = np.median(ch)
             y, x = int(round(r.y)), int(round(r.x))
-            mean7.append((ch[y - 3:y + 4, x - 3:x + 4] - bg).mean())
-            mean15.append((ch[y - 7:y + 8, x - 7:x + 8] - bg).mean())
+            mean7.append((ch[y - 3 : y + 4, x - 3 : x + 4] - bg).mean())
+            mean15.append((ch[y - 7 : y + 8, x - 7 : x + 8] - bg).mean())
         stats[label] = (np.mean(mean7), np.mean(mean15))
     assert stats["mitotic"][0] > 1.3 * stats["interphase"][0], stats
     assert stats["apoptotic"][0] < 0.8 * stats["interphase"][0], stats
@@ -233,18 +236,21 @@ def test_cytoplasm_size_and_brightness(look_ds):
 # --------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("kw, word", [
-    ({"n_images": 0}, "n_images"),
-    ({"n_images": -3}, "n_images"),
-    ({"image_size": 32}, "image_size"),
-    ({"cells_per_image": (5, 2)}, "cells_per_image"),
-    ({"cells_per_image": (0, 3)}, "cells_per_image"),
-    ({"cells_per_image": (3,)}, "cells_per_image"),
-    ({"class_fractions": {"interphase": 0.9, "mitotic": 0.0}}, "class_fractions"),
-    ({"class_fractions": {"interphase": 0.9, "mitotic": -0.1}}, "class_fractions"),
-    ({"class_fractions": {"interphase": float("nan")}}, "class_fractions"),
-    ({"class_fractions": {}}, "class_fractions"),
-])
+@pytest.mark.parametrize(
+    "kw, word",
+    [
+        ({"n_images": 0}, "n_images"),
+        ({"n_images": -3}, "n_images"),
+        ({"image_size": 32}, "image_size"),
+        ({"cells_per_image": (5, 2)}, "cells_per_image"),
+        ({"cells_per_image": (0, 3)}, "cells_per_image"),
+        ({"cells_per_image": (3,)}, "cells_per_image"),
+        ({"class_fractions": {"interphase": 0.9, "mitotic": 0.0}}, "class_fractions"),
+        ({"class_fractions": {"interphase": 0.9, "mitotic": -0.1}}, "class_fractions"),
+        ({"class_fractions": {"interphase": float("nan")}}, "class_fractions"),
+        ({"class_fractions": {}}, "class_fractions"),
+    ],
+)
 def test_invalid_arguments(tmp_path, kw, word):
     with pytest.raises(ValueError, match=word):
         _run(tmp_path, **kw)

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -43,7 +42,7 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 COMMON_SMK = REPO / "workflow" / "rules" / "common.smk"
 ACCOUNT, PARTITION = "bioaug", "debug"
 DS = "tiny"
-RUN_LIMIT_S = 900          # per Snakemake run, enforced with `timeout -s KILL`
+RUN_LIMIT_S = 900  # per Snakemake run, enforced with `timeout -s KILL`
 GROUPED = {"tile": "tiles", "generate": "generate", "classify": "classify"}  # rule -> group
 
 
@@ -61,7 +60,9 @@ def slurm_cluster():
     t0 = time.perf_counter()
     proc = subprocess.run(["bash", str(CLUSTER_SH), "up"], capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
-        pytest.fail(f"tests/cluster/slurm.sh up failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"tests/cluster/slurm.sh up failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     cpus = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
     print(f"\nSLURM test cluster up in {time.perf_counter() - t0:.1f} s")
     yield {"account": ACCOUNT, "partition": PARTITION, "cpus": cpus}
@@ -94,7 +95,7 @@ class SlurmRun:
 def rules_with_resources() -> list[str]:
     """The rule names in RESOURCES (workflow/rules/common.smk)."""
     text = COMMON_SMK.read_text()
-    block = text[text.index("RESOURCES = {"):]
+    block = text[text.index("RESOURCES = {") :]
     block = block[: block.index("\n}\n")]
     return re.findall(r'^\s+"(\w+)":\s*\{', block, flags=re.M)
 
@@ -108,17 +109,44 @@ def cluster_args(cluster: dict, *extra: str) -> list[str]:
     every rule asks for 1000 MB so that the cluster's memory is never the limit.
     """
     mem = [f"{rule}:mem_mb=1000" for rule in rules_with_resources()]
-    return ["--workflow-profile", str(PROFILE), "--jobs", "4", "--cores", str(cluster["cpus"]),
-            "--default-resources", f"slurm_account={cluster['account']}",
-            f"slurm_partition={cluster['partition']}", "runtime=30", "mem_mb=1000",
-            "--set-resources", "train_gan:gpu=0", "generate:gpu=0", *mem,
-            "--slurm-init-seconds-before-status-checks", "2", *extra]
+    return [
+        "--workflow-profile",
+        str(PROFILE),
+        "--jobs",
+        "4",
+        "--cores",
+        str(cluster["cpus"]),
+        "--default-resources",
+        f"slurm_account={cluster['account']}",
+        f"slurm_partition={cluster['partition']}",
+        "runtime=30",
+        "mem_mb=1000",
+        "--set-resources",
+        "train_gan:gpu=0",
+        "generate:gpu=0",
+        *mem,
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        *extra,
+    ]
 
 
 def start_snakemake(workdir: Path, *args: str) -> tuple[subprocess.Popen, Path, float]:
     log = workdir / f"snakemake-slurm-{time.time_ns()}.out"
-    cmd = ["timeout", "-s", "KILL", str(RUN_LIMIT_S), sys.executable, "-m", "snakemake",
-           "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+    cmd = [
+        "timeout",
+        "-s",
+        "KILL",
+        str(RUN_LIMIT_S),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
     return proc, log, time.perf_counter()
@@ -165,8 +193,7 @@ def sacct_jobs(run_id: str, expected: int | None = None) -> pd.DataFrame:
 def expected_submissions(jobs_per_rule: dict[str, int]) -> int:
     """SLURM jobs for these jobs: one per ungrouped job, one per group-components bundle."""
     components = yaml.safe_load((PROFILE / "config.yaml").read_text())["group-components"]
-    return sum(math.ceil(n / components[GROUPED[rule]]) if rule in GROUPED else n
-               for rule, n in jobs_per_rule.items())
+    return sum(math.ceil(n / components[GROUPED[rule]]) if rule in GROUPED else n for rule, n in jobs_per_rule.items())
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -185,12 +212,15 @@ def assert_same_outputs(local: Path, cluster: Path) -> None:
     """Results of the cluster run equal the local run's, wall-clock figures aside."""
     a, b = local / "results" / DS, cluster / "results" / DS
     exact = ["items.csv", "index.csv", "balanced/manifest.csv", "gan_quality.csv", "memorisation.csv"]
-    exact += sorted(str(p.relative_to(a)) for d in ("tiles", "synthetic", "balanced") for p in (a / d).rglob("*")
-                    if p.is_file())
+    exact += sorted(
+        str(p.relative_to(a)) for d in ("tiles", "synthetic", "balanced") for p in (a / d).rglob("*") if p.is_file()
+    )
     assert any(f.startswith("tiles/shard-") and f.endswith(".npy") for f in exact)
     for rel in dict.fromkeys(exact):
         assert (b / rel).read_bytes() == (a / rel).read_bytes(), f"{rel} differs between the local and the SLURM run"
-    assert sorted(p.relative_to(b) for p in (b / "tiles").rglob("*")) == sorted(p.relative_to(a) for p in (a / "tiles").rglob("*"))
+    assert sorted(p.relative_to(b) for p in (b / "tiles").rglob("*")) == sorted(
+        p.relative_to(a) for p in (a / "tiles").rglob("*")
+    )
     # The GAN's log and the classifiers' metrics (y_pred included) hold timings too.
     for rel in ("gan/train_log.csv", "summary.csv"):
         ta, tb = pd.read_csv(a / rel), pd.read_csv(b / rel)
@@ -214,21 +244,27 @@ def slurm_run(slurm_cluster, tmp_path_factory, request):
     local = request.getfixturevalue("tiny_run")  # already there when test_pipeline.py ran first
     run = finish_snakemake(workdir, *started)
     assert run.returncode == 0, f"SLURM run failed ({run.returncode}):\n{run.tail()}"
-    print(f"\ntiny pipeline through SLURM: {run.seconds:.0f} s, {len(run.submitted)} SLURM jobs "
-          f"for {sum(run.finished().values())} Snakemake jobs {run.finished()}")
+    print(
+        f"\ntiny pipeline through SLURM: {run.seconds:.0f} s, {len(run.submitted)} SLURM jobs "
+        f"for {sum(run.finished().values())} Snakemake jobs {run.finished()}"
+    )
     return run, local
 
 
 def test_pipeline_through_slurm(slurm_run, slurm_cluster):
     run, local = slurm_run
     finished = run.finished()
-    assert {"download", "index", "split", "tile", "train_gan", "generate", "balance", "classify", "report"} <= set(finished)
+    assert {"download", "index", "split", "tile", "train_gan", "generate", "balance", "classify", "report"} <= set(
+        finished
+    )
     # every job went through sbatch, in bundles for the grouped rules
     assert run.run_id and run.submitted
     assert len(run.submitted) == expected_submissions(finished) < sum(finished.values())
     for rule, group in GROUPED.items():
         bundles = sum(1 for d in run.submitted.values() if d.startswith(f"group_{group}_"))
-        assert bundles == math.ceil(finished[rule] / yaml.safe_load((PROFILE / "config.yaml").read_text())["group-components"][group])
+        assert bundles == math.ceil(
+            finished[rule] / yaml.safe_load((PROFILE / "config.yaml").read_text())["group-components"][group]
+        )
     jobs = sacct_jobs(run.run_id, expected=len(run.submitted))
     assert sorted(jobs["JobIDRaw"]) == sorted(run.submitted), jobs
     assert (jobs["State"] == "COMPLETED").all(), jobs
@@ -267,18 +303,28 @@ def preempted_run(slurm_run, slurm_cluster, tmp_path_factory):
     ckpt_root = workdir / "results" / DS / "gan" / "checkpoints"
     before = {p.name for p in ckpt_root.iterdir()} if ckpt_root.exists() else set()
 
-    proc, log, t0 = start_snakemake(workdir, *cluster_args(slurm_cluster, "--retries", "1",
-                                    "--slurm-status-command", "squeue", f"results/{DS}/gan/train_log.csv"))
+    proc, log, t0 = start_snakemake(
+        workdir,
+        *cluster_args(
+            slurm_cluster, "--retries", "1", "--slurm-status-command", "squeue", f"results/{DS}/gan/train_log.csv"
+        ),
+    )
     cancelled = None
     try:
         deadline = time.monotonic() + 400
         while cancelled is None and time.monotonic() < deadline and proc.poll() is None:
-            steps = [int(s.name) for d in (ckpt_root.iterdir() if ckpt_root.exists() else ())
-                     if d.name not in before for s in d.iterdir() if s.name.isdigit()]
+            steps = [
+                int(s.name)
+                for d in (ckpt_root.iterdir() if ckpt_root.exists() else ())
+                if d.name not in before
+                for s in d.iterdir()
+                if s.name.isdigit()
+            ]
             run_id = run_id_of(log.read_text(errors="replace"))
             if steps and run_id:
-                ids = subprocess.run(["squeue", "-h", "--name", run_id, "-o", "%i"], capture_output=True,
-                                     text=True, check=True).stdout.split()
+                ids = subprocess.run(
+                    ["squeue", "-h", "--name", run_id, "-o", "%i"], capture_output=True, text=True, check=True
+                ).stdout.split()
                 assert len(ids) == 1, ids
                 subprocess.run(["scancel", ids[0]], check=True)
                 cancelled = {"job": ids[0], "checkpoint": max(steps)}
@@ -288,8 +334,10 @@ def preempted_run(slurm_run, slurm_cluster, tmp_path_factory):
         result = finish_snakemake(workdir, proc, log, t0)
     assert cancelled, f"train_gan was never seen running with a checkpoint:\n{result.tail()}"
     assert result.returncode == 0, f"the retried run failed ({result.returncode}):\n{result.tail()}"
-    print(f"\npreemption run: {result.seconds:.0f} s, cancelled SLURM job {cancelled['job']} "
-          f"with a checkpoint at step {cancelled['checkpoint']}")
+    print(
+        f"\npreemption run: {result.seconds:.0f} s, cancelled SLURM job {cancelled['job']} "
+        f"with a checkpoint at step {cancelled['checkpoint']}"
+    )
     return result, cancelled
 
 
@@ -338,7 +386,9 @@ def test_gan_change_resubmits_only_gan_dependants(slurm_run, slurm_cluster, tmp_
     assert rerun.returncode == 0, rerun.tail()
     del expected["all"]
     assert rerun.finished() == expected
-    n = expected_submissions(expected)  # train_gan, generate (1 group), balance, classify (1 group), gan_quality, report
+    n = expected_submissions(
+        expected
+    )  # train_gan, generate (1 group), balance, classify (1 group), gan_quality, report
     assert len(rerun.submitted) == n
     jobs = sacct_jobs(rerun.run_id, expected=n)
     assert sorted(jobs["JobIDRaw"]) == sorted(rerun.submitted) and (jobs["State"] == "COMPLETED").all(), jobs
@@ -346,5 +396,7 @@ def test_gan_change_resubmits_only_gan_dependants(slurm_run, slurm_cluster, tmp_
         assert f"output: results/{DS}/classify/{arm}/seed-0.json" in rerun.output
     for arm in ("real", "real+classic", "oversample", "class_weights"):
         assert f"output: results/{DS}/classify/{arm}/seed-0.json" not in rerun.output
-    print(f"\nGAN-change rerun through SLURM: {rerun.seconds:.0f} s, {len(rerun.submitted)} SLURM jobs "
-          f"for {sum(rerun.finished().values())} Snakemake jobs")
+    print(
+        f"\nGAN-change rerun through SLURM: {rerun.seconds:.0f} s, {len(rerun.submitted)} SLURM jobs "
+        f"for {sum(rerun.finished().values())} Snakemake jobs"
+    )

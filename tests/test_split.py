@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from bioaug.runtime import BioaugError
-from bioaug.split import assign_splits, check_group_integrity
+from bioaug.stages.split import assign_splits
+from helpers import check_group_integrity
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 

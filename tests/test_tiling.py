@@ -8,11 +8,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from bioaug.images import ImageSource, image_shape, read_image
+from bioaug.formats.images import ImageSource
+from bioaug.formats.items import class_names
+from bioaug.formats.shards import load_tiles, n_shards, shard_files, shard_images
 from bioaug.runtime import BioaugError
-from bioaug.tilestore import class_names, load_tiles, shard_files, write_shard
-from bioaug.tiling import (_gather_crops, apply_stats, n_shards, percentile_stats, shard_images,
-                            tile_images)
+from bioaug.stages.tile import apply_stats, gather_crops, percentile_stats
+from helpers import image_shape, read_image, tile_images, tiles_cfg, write_shard
 
 
 def test_read_tiff_layouts(tmp_path):
@@ -66,7 +67,7 @@ def test_normalise_maps_percentiles_per_channel():
 
 def test_centred_crops_are_centred_and_reflect_padded():
     img = np.arange(20 * 30, dtype=np.float32).reshape(20, 30, 1)
-    crops = _gather_crops(ImageSource("img", img, None), np.array([10.0, 0.0]), np.array([5.0, 19.0]), 8)
+    crops = gather_crops(ImageSource("img", img, None), np.array([10.0, 0.0]), np.array([5.0, 19.0]), 8)
     assert crops.shape == (2, 8, 8, 1)
     assert crops[0, 4, 4, 0] == img[5, 10, 0]  # centre pixel at (size//2, size//2)
     np.testing.assert_array_equal(crops[0], img[1:9, 6:14])
@@ -77,10 +78,23 @@ def test_centred_crops_are_centred_and_reflect_padded():
 def test_shards_and_roundtrip(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(5):
-        tifffile.imwrite(tmp_path / f"f{i}.tif", rng.integers(0, 4000, (2, 40, 40), dtype=np.uint16),
-                         photometric="minisblack", metadata={"axes": "CYX"})
-    index = pd.DataFrame({"item_id": [f"it{i}" for i in range(10)], "image": [f"f{i // 2}.tif" for i in range(10)],
-                          "group": 0, "label": ["a", "b"] * 5, "kind": "point", "x": 20.0, "y": 20.0})
+        tifffile.imwrite(
+            tmp_path / f"f{i}.tif",
+            rng.integers(0, 4000, (2, 40, 40), dtype=np.uint16),
+            photometric="minisblack",
+            metadata={"axes": "CYX"},
+        )
+    index = pd.DataFrame(
+        {
+            "item_id": [f"it{i}" for i in range(10)],
+            "image": [f"f{i // 2}.tif" for i in range(10)],
+            "group": 0,
+            "label": ["a", "b"] * 5,
+            "kind": "point",
+            "x": 20.0,
+            "y": 20.0,
+        }
+    )
     assert n_shards(index, 2) == 3 and shard_images(index, 2, 2) == ["f4.tif"]
     cfg = {"size": 16, "channels": None, "percentiles": [1, 99]}
     tiles, meta, norm = tile_images(tmp_path, index, shard_images(index, 2, 0), cfg)
@@ -100,7 +114,6 @@ def test_shards_and_roundtrip(tmp_path):
 
 
 def test_histogram_percentiles_equal_numpy():
-    from bioaug.tiling import percentile_stats
 
     rng = np.random.default_rng(3)
     for dtype, hi in ((np.uint8, 255), (np.uint16, 60000)):
@@ -112,18 +125,35 @@ def test_histogram_percentiles_equal_numpy():
 
 
 def test_streamed_shard_equals_in_memory_tiles(tmp_path):
-    from bioaug.tiling import tile_shard
+    from bioaug.stages.tile import tile_shard
 
     rng = np.random.default_rng(1)
     for i in range(3):
-        tifffile.imwrite(tmp_path / f"f{i}.tif", rng.integers(0, 4000, (2, 40, 40), dtype=np.uint16),
-                         photometric="minisblack", metadata={"axes": "CYX"})
-    index = pd.DataFrame({"item_id": [f"it{i}" for i in range(6)], "image": [f"f{i // 2}.tif" for i in range(6)],
-                          "group": 0, "label": "a", "kind": "point", "x": [5.0, 30.0] * 3, "y": 20.0})
-    cfg = {"size": 16, "channels": None, "percentiles": [1, 99]}
+        tifffile.imwrite(
+            tmp_path / f"f{i}.tif",
+            rng.integers(0, 4000, (2, 40, 40), dtype=np.uint16),
+            photometric="minisblack",
+            metadata={"axes": "CYX"},
+        )
+    index = pd.DataFrame(
+        {
+            "item_id": [f"it{i}" for i in range(6)],
+            "image": [f"f{i // 2}.tif" for i in range(6)],
+            "group": 0,
+            "label": "a",
+            "kind": "point",
+            "x": [5.0, 30.0] * 3,
+            "y": 20.0,
+        }
+    )
+    cfg = tiles_cfg(size=16, channels=None, percentiles=[1, 99])
     tiles, meta, norm = tile_images(tmp_path, index, ["f0.tif", "f1.tif", "f2.tif"], cfg)
     assert tile_shard(tmp_path, index, ["f0.tif", "f1.tif", "f2.tif"], cfg, tmp_path / "out" / "shard-00000.npy") == 6
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "shard-00000.npy"), tiles)
     assert pd.read_csv(tmp_path / "out" / "shard-00000.csv")["tile_id"].tolist() == meta["tile_id"].tolist()
     assert len(pd.read_csv(tmp_path / "out" / "shard-00000.norm.csv")) == len(norm) == 6
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["shard-00000.csv", "shard-00000.norm.csv", "shard-00000.npy"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "shard-00000.csv",
+        "shard-00000.norm.csv",
+        "shard-00000.npy",
+    ]

@@ -73,7 +73,9 @@ def snakemake(workdir: Path, *args: str, timeout: int) -> tuple[float, str]:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise RuntimeError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return dt, proc.stdout + proc.stderr
 
 
@@ -111,7 +113,7 @@ def main(argv=None) -> dict:
 
         dag_s, base_s, stats = [], [], {}
         for rep in range(reps):  # interleaved, alternating order
-            for what in (("dag", "base") if rep % 2 == 0 else ("base", "dag")):
+            for what in ("dag", "base") if rep % 2 == 0 else ("base", "dag"):
                 if what == "dag":
                     dt, out = snakemake(work, "-n", timeout=timeout)
                     dag_s.append(dt)
@@ -125,16 +127,30 @@ def main(argv=None) -> dict:
     if not stats:
         raise RuntimeError("the dry run of the whole workflow planned no jobs")
     dag_med, base_med = statistics.median(dag_s), statistics.median(base_s)
-    res = {"benchmark": "dag", "n_images": n_images, "n_points": n_points, "n_items": n_items,
-           "shard_size": SHARD_SIZE, "reps": reps, "setup_s": t_setup, "dag_s": dag_med,
-           "startup_s": base_med, "jobs_total": stats.get("total", 0), "tile_jobs": stats.get("tile", 0),
-           "jobs": {k: v for k, v in stats.items() if k != "total"}}
+    res = {
+        "benchmark": "dag",
+        "n_images": n_images,
+        "n_points": n_points,
+        "n_items": n_items,
+        "shard_size": SHARD_SIZE,
+        "reps": reps,
+        "setup_s": t_setup,
+        "dag_s": dag_med,
+        "startup_s": base_med,
+        "jobs_total": stats.get("total", 0),
+        "tile_jobs": stats.get("tile", 0),
+        "jobs": {k: v for k, v in stats.items() if k != "total"},
+    }
 
-    print(f"bench_dag: {n_images} source images 64x64 ({n_points} points, {n_items} items), "
-          f"tiles.shard_size {SHARD_SIZE}; data written in {t_make:.1f} s, download+index+split run in {t_setup:.1f} s")
+    print(
+        f"bench_dag: {n_images} source images 64x64 ({n_points} points, {n_items} items), "
+        f"tiles.shard_size {SHARD_SIZE}; data written in {t_make:.1f} s, download+index+split run in {t_setup:.1f} s"
+    )
     print(f"  {'':44}{'median s':>9}   all runs (s)")
     print(f"  {'snakemake -n (whole workflow: DAG build)':44}{dag_med:9.2f}   " + " ".join(f"{t:.2f}" for t in dag_s))
-    print(f"  {'snakemake -n items.csv (startup, no work)':44}{base_med:9.2f}   " + " ".join(f"{t:.2f}" for t in base_s))
+    print(
+        f"  {'snakemake -n items.csv (startup, no work)':44}{base_med:9.2f}   " + " ".join(f"{t:.2f}" for t in base_s)
+    )
     print("  planned jobs (Job stats):")
     width = max(len(rule) for rule in stats) + 2
     for rule, count in stats.items():

@@ -1,7 +1,7 @@
 """Benchmark of the GAN training step against a plain PyTorch peer, side by side.
 
 One full step (a D update then a G update, batch 64, 1 channel, 10 classes, z 128, the
-reference architecture of /work/shared/bench/torch_reference_gan.py) at 32 and 64 px on
+reference architecture of ../shared/bench/torch_reference_gan.py beside the repository) at 32 and 64 px on
 2 CPU threads, in rounds that alternate a JAX process and a PyTorch process
 (`--channels-last`, the peer's faster layout), each timing for `--seconds`. Reported:
 
@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-TORCH_PEER = Path(os.environ.get("BIOAUG_TORCH_PEER", "/work/shared/bench/torch_reference_gan.py"))
+# The peer sits in shared/ beside the repository (override with BIOAUG_TORCH_PEER).
+TORCH_PEER = Path(os.environ.get("BIOAUG_TORCH_PEER", HERE.parents[3] / "shared" / "bench" / "torch_reference_gan.py"))
 BATCH, CLASSES, Z_DIM, CHANNELS = 64, 10, 128, 1
 G_CHANNELS = {32: [256, 128, 64], 64: [256, 128, 64, 32]}
 D_CHANNELS = {32: [64, 128, 256], 64: [32, 64, 128, 256]}
@@ -66,21 +67,34 @@ def jax_worker(a) -> dict:
     import jax
     import numpy as np
 
-    from bioaug.gan.config import GanConfig
-    from bioaug.gan import train as T
+    from bioaug.gan.devices import make_mesh, shardings
+    from bioaug.gan.state import init_train_state
+    from bioaug.gan.step import cached_train_step, step_hyperparams
+
+    sys.path.insert(0, str(HERE.parents[1]))  # tests/: the reference gan section
+    from gan_reference import gan_config
 
     res = a.res[0] if isinstance(a.res, list) else a.res
-    cfg = GanConfig.from_dict(dict(batch_size=BATCH, z_dim=Z_DIM, g_channels=G_CHANNELS[res],
-                                   d_channels=D_CHANNELS[res], diffaugment=[], seed=0),
-                              res, CHANNELS, CLASSES)
-    mesh = T.make_mesh()
-    g_def, d_def, state = T.init_train_state(cfg, mesh)
-    step = T._cached_train_step(T._structural(cfg), tuple(range(CLASSES)), mesh)
+    # the reference network (conditional BN off), without DiffAugment, as the PyTorch peer
+    cfg = gan_config(
+        res,
+        CHANNELS,
+        CLASSES,
+        batch_size=BATCH,
+        z_dim=Z_DIM,
+        g_channels=G_CHANNELS[res],
+        d_channels=D_CHANNELS[res],
+        diffaugment=[],
+        seed=0,
+    )
+    mesh = make_mesh()
+    g_def, d_def, state = init_train_state(cfg, mesh)
+    step = cached_train_step(cfg, tuple(range(CLASSES)), mesh)
     rng = np.random.default_rng(0)
-    rep, bat = T._shardings(mesh)
+    rep, bat = shardings(mesh)
     x = jax.device_put(rng.random((BATCH, res, res, CHANNELS), dtype=np.float32), bat)
     y = jax.device_put(rng.integers(0, CLASSES, BATCH).astype(np.int32), bat)
-    hyper = jax.device_put(T.step_hyperparams(cfg), rep)
+    hyper = jax.device_put(step_hyperparams(cfg), rep)
     t0 = time.perf_counter()
     compiled = step.lower(state, x, y, hyper).compile()
     compile_s = time.perf_counter() - t0
@@ -97,11 +111,20 @@ def jax_worker(a) -> dict:
         jax.block_until_ready(state["step"])
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    out = dict(fw="jax", res=res, xla_flags=os.environ.get("XLA_FLAGS", ""), compile_s=compile_s,
-               n_steps=len(times), steps_per_s=1 / med, images_per_s=BATCH / med,
-               gflop_per_step=flops / 1e9, gflops=flops / 1e9 / med,
-               process_s=time.perf_counter() - t_proc, devices=jax.device_count(),
-               version=jax.__version__)
+    out = dict(
+        fw="jax",
+        res=res,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+        compile_s=compile_s,
+        n_steps=len(times),
+        steps_per_s=1 / med,
+        images_per_s=BATCH / med,
+        gflop_per_step=flops / 1e9,
+        gflops=flops / 1e9 / med,
+        process_s=time.perf_counter() - t_proc,
+        devices=jax.device_count(),
+        version=jax.__version__,
+    )
     if a.extras:
         out.update(loader_bench(cfg, a))
         out.update(generation_bench(cfg, g_def, state, a))
@@ -120,8 +143,7 @@ def loader_bench(cfg, a) -> dict:
         paths, rows = [], []
         for i in range(n_shards):
             p = Path(tmp) / f"shard{i}.npy"
-            np.save(p, rng.random((n_per, cfg.tile_size, cfg.tile_size, cfg.channels),
-                                  dtype=np.float32))
+            np.save(p, rng.random((n_per, cfg.tile_size, cfg.tile_size, cfg.channels), dtype=np.float32))
             paths.append(p)
             rows.append(np.arange(0, n_per, 2))  # e.g. the train split's rows
         source = ShardedTiles.from_npys(paths, rows)
@@ -141,14 +163,21 @@ def generation_bench(cfg, g_def, state, a) -> dict:
     import jax
     import numpy as np
 
+    from bioaug.gan.devices import to_host
     from bioaug.gan.sample import load_generator, sample_tiles, write_generator
-    from bioaug.gan.train import _host
 
-    params = jax.tree.map(lambda v: np.asarray(_host(v)), state["ema"])
-    stats = jax.tree.map(lambda v: np.asarray(_host(v)), state["g"]["batch_stats"])
-    meta = {"z_dim": cfg.z_dim, "n_classes": cfg.n_classes, "g_channels": list(cfg.g_channels),
-            "out_channels": cfg.channels, "tile_size": cfg.tile_size,
-            "class_names": [str(i) for i in range(cfg.n_classes)], "step": 1, "seed": 0}
+    params = jax.tree.map(lambda v: np.asarray(to_host(v)), state["ema"])
+    stats = jax.tree.map(lambda v: np.asarray(to_host(v)), state["g"]["batch_stats"])
+    meta = {
+        "z_dim": cfg.z_dim,
+        "n_classes": cfg.n_classes,
+        "g_channels": list(cfg.g_channels),
+        "out_channels": cfg.channels,
+        "tile_size": cfg.tile_size,
+        "class_names": [str(i) for i in range(cfg.n_classes)],
+        "step": 1,
+        "seed": 0,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         write_generator(Path(tmp) / "gen", params, stats, meta)
         gen = load_generator(Path(tmp) / "gen")
@@ -170,15 +199,28 @@ def run_json(cmd: list[str], env: dict | None = None, timeout: float = 900) -> d
     return json.loads(lines[-1])
 
 
-def jax_run(res: int, a, cache: str, *, extras: bool = False, seconds: float | None = None,
-            xla_flags: str | None = None) -> dict:
+def jax_run(
+    res: int, a, cache: str, *, extras: bool = False, seconds: float | None = None, xla_flags: str | None = None
+) -> dict:
     env = dict(os.environ)
     env.setdefault("JAX_PLATFORMS", "cpu")
     if xla_flags is not None:
         env["XLA_FLAGS"] = xla_flags
-    cmd = [sys.executable, str(HERE), "--worker", "--res", str(res), "--threads", str(a.threads),
-           "--seconds", str(a.seconds if seconds is None else seconds), "--cache", cache,
-           "--min-steps", str(a.min_steps)]
+    cmd = [
+        sys.executable,
+        str(HERE),
+        "--worker",
+        "--res",
+        str(res),
+        "--threads",
+        str(a.threads),
+        "--seconds",
+        str(a.seconds if seconds is None else seconds),
+        "--cache",
+        cache,
+        "--min-steps",
+        str(a.min_steps),
+    ]
     if extras:
         cmd.append("--extras")
     if a.small:
@@ -187,8 +229,19 @@ def jax_run(res: int, a, cache: str, *, extras: bool = False, seconds: float | N
 
 
 def torch_run(res: int, a) -> dict:
-    cmd = [sys.executable, str(TORCH_PEER), "--res", str(res), "--threads", str(a.threads),
-           "--channels-last", "--seconds", str(a.seconds), "--min-steps", str(a.min_steps)]
+    cmd = [
+        sys.executable,
+        str(TORCH_PEER),
+        "--res",
+        str(res),
+        "--threads",
+        str(a.threads),
+        "--channels-last",
+        "--seconds",
+        str(a.seconds),
+        "--min-steps",
+        str(a.min_steps),
+    ]
     r = run_json(cmd)
     r["compile_s"] = r.get("first_call_s", float("nan"))
     return r
@@ -212,9 +265,14 @@ def flag_ab(a, res: int) -> dict:
     print(f"{res} px steps/s: XLA_FLAGS={NEUTRAL_XLA_FLAGS} {wo:.3f}  [{each['without']}]")
     bw, bwo = (max(r["steps_per_s"] for r in rows[k]) for k in ("with", "without"))
     print(f"speed-up with the flag: {w / wo:.2f} (medians), {bw / bwo:.2f} (best rounds)")
-    return {"res": res, "flag": FLAG_UNDER_TEST, "flag_ab_with_steps_per_s": w,
-            "flag_ab_without_steps_per_s": wo, "flag_ab_speedup": w / wo,
-            "flag_ab_speedup_best": bw / bwo}
+    return {
+        "res": res,
+        "flag": FLAG_UNDER_TEST,
+        "flag_ab_with_steps_per_s": w,
+        "flag_ab_without_steps_per_s": wo,
+        "flag_ab_speedup": w / wo,
+        "flag_ab_speedup_best": bw / bwo,
+    }
 
 
 def main() -> None:
@@ -226,8 +284,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-steps", type=int, default=None)
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--flag-ab", action="store_true",
-                    help="only compare the step (first --res) with / without FLAG_UNDER_TEST")
+    ap.add_argument(
+        "--flag-ab", action="store_true", help="only compare the step (first --res) with / without FLAG_UNDER_TEST"
+    )
     # worker mode (internal)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--extras", action="store_true", help=argparse.SUPPRESS)
@@ -246,11 +305,15 @@ def main() -> None:
         print(json.dumps(out))
         return
 
-    have_torch = not a.no_torch and importlib.util.find_spec("torch") is not None \
-        and TORCH_PEER.exists()
+    have_torch = not a.no_torch and importlib.util.find_spec("torch") is not None and TORCH_PEER.exists()
     if not have_torch:
-        why = ("--no-torch" if a.no_torch else "torch is not importable" if
-               importlib.util.find_spec("torch") is None else f"{TORCH_PEER} is missing")
+        why = (
+            "--no-torch"
+            if a.no_torch
+            else "torch is not importable"
+            if importlib.util.find_spec("torch") is None
+            else f"{TORCH_PEER} is missing"
+        )
         print(f"PyTorch peer skipped ({why}); install it with `pip install torch==2.13.0`")
     t_all = time.perf_counter()
     jax_rows: dict[int, list[dict]] = {r: [] for r in res_list}
@@ -263,8 +326,7 @@ def main() -> None:
                 r["cold"] = rnd == 0
                 jax_rows[res].append(r)
                 if rnd == 0 and res == res_list[0]:
-                    extras = {k: r[k] for k in ("loader_batches_per_s", "generate_tiles_per_s",
-                                                "loader_tiles")}
+                    extras = {k: r[k] for k in ("loader_batches_per_s", "generate_tiles_per_s", "loader_tiles")}
                 if have_torch:
                     torch_rows[res].append(torch_run(res, a))
         # warm compile where the rounds did not give one (one round): a short extra process
@@ -275,16 +337,26 @@ def main() -> None:
                 r["timing_only_compile"] = True
                 jax_rows[res].append(r)
 
-    out: dict = {"threads": a.threads, "batch": BATCH, "rounds": a.rounds, "seconds": a.seconds,
-                 "small": a.small, "torch": have_torch,
-                 "jax_version": jax_rows[res_list[0]][0]["version"],
-                 "xla_flags_added": jax_rows[res_list[0]][0]["xla_flags"]}
+    out: dict = {
+        "threads": a.threads,
+        "batch": BATCH,
+        "rounds": a.rounds,
+        "seconds": a.seconds,
+        "small": a.small,
+        "torch": have_torch,
+        "jax_version": jax_rows[res_list[0]][0]["version"],
+        "xla_flags_added": jax_rows[res_list[0]][0]["xla_flags"],
+    }
     print()
-    print(f"GAN train step, batch {BATCH}, {a.threads} threads, medians of {a.rounds} interleaved "
-          f"round(s) of {a.seconds:g} s")
-    hdr = (f"{'res':>4} {'JAX steps/s':>12} {'JAX img/s':>10} {'torch steps/s':>14} "
-           f"{'ratio':>6} {'best/best':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} {'compile cold':>13} "
-           f"{'warm':>6}")
+    print(
+        f"GAN train step, batch {BATCH}, {a.threads} threads, medians of {a.rounds} interleaved "
+        f"round(s) of {a.seconds:g} s"
+    )
+    hdr = (
+        f"{'res':>4} {'JAX steps/s':>12} {'JAX img/s':>10} {'torch steps/s':>14} "
+        f"{'ratio':>6} {'best/best':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} {'compile cold':>13} "
+        f"{'warm':>6}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for res in res_list:
@@ -297,28 +369,50 @@ def main() -> None:
         ratio = js / ts if have_torch else float("nan")
         # On a shared machine a round can be slowed by other jobs: the best round of each
         # (the least disturbed) gives a second, more robust ratio.
-        best = (max(r["steps_per_s"] for r in timed) / max(r["steps_per_s"] for r in torch_rows[res])
-                if have_torch else float("nan"))
-        print(f"{res:>4} {js:>12.3f} {ji:>10.1f} {ts:>14.3f} {ratio:>6.2f} {best:>9.2f} "
-              f"{gflop:>11.2f} {gflops:>8.1f} {cold:>12.2f}s {warm:>5.2f}s")
-        out.update({f"jax_steps_per_s_{res}": js, f"jax_images_per_s_{res}": ji,
-                    f"gflop_per_step_{res}": gflop, f"gflops_{res}": gflops,
-                    f"compile_cold_s_{res}": cold, f"compile_warm_s_{res}": warm,
-                    f"jax_steps_per_s_all_{res}": [round(r["steps_per_s"], 4) for r in timed]})
+        best = (
+            max(r["steps_per_s"] for r in timed) / max(r["steps_per_s"] for r in torch_rows[res])
+            if have_torch
+            else float("nan")
+        )
+        print(
+            f"{res:>4} {js:>12.3f} {ji:>10.1f} {ts:>14.3f} {ratio:>6.2f} {best:>9.2f} "
+            f"{gflop:>11.2f} {gflops:>8.1f} {cold:>12.2f}s {warm:>5.2f}s"
+        )
+        out.update(
+            {
+                f"jax_steps_per_s_{res}": js,
+                f"jax_images_per_s_{res}": ji,
+                f"gflop_per_step_{res}": gflop,
+                f"gflops_{res}": gflops,
+                f"compile_cold_s_{res}": cold,
+                f"compile_warm_s_{res}": warm,
+                f"jax_steps_per_s_all_{res}": [round(r["steps_per_s"], 4) for r in timed],
+            }
+        )
         if have_torch:
-            out.update({f"torch_steps_per_s_{res}": ts,
-                        f"torch_images_per_s_{res}": med(torch_rows[res], "images_per_s"),
-                        f"ratio_{res}": ratio, f"ratio_best_{res}": best,
-                        f"torch_steps_per_s_all_{res}": [round(r["steps_per_s"], 4)
-                                                         for r in torch_rows[res]]})
+            out.update(
+                {
+                    f"torch_steps_per_s_{res}": ts,
+                    f"torch_images_per_s_{res}": med(torch_rows[res], "images_per_s"),
+                    f"ratio_{res}": ratio,
+                    f"ratio_best_{res}": best,
+                    f"torch_steps_per_s_all_{res}": [round(r["steps_per_s"], 4) for r in torch_rows[res]],
+                }
+            )
     res0 = res_list[0]
     consume = out[f"jax_steps_per_s_{res0}"]
     loader_x = extras["loader_batches_per_s"] / consume
-    out.update(loader_batches_per_s=extras["loader_batches_per_s"], loader_multiple=loader_x,
-               generate_tiles_per_s=extras["generate_tiles_per_s"], res_extras=res0,
-               wall_s=time.perf_counter() - t_all)
-    print(f"input pipeline ({res0} px, memory-mapped shards, {extras['loader_tiles']} tiles): "
-          f"{extras['loader_batches_per_s']:.1f} batches/s = {loader_x:.0f}x what the step consumes")
+    out.update(
+        loader_batches_per_s=extras["loader_batches_per_s"],
+        loader_multiple=loader_x,
+        generate_tiles_per_s=extras["generate_tiles_per_s"],
+        res_extras=res0,
+        wall_s=time.perf_counter() - t_all,
+    )
+    print(
+        f"input pipeline ({res0} px, memory-mapped shards, {extras['loader_tiles']} tiles): "
+        f"{extras['loader_batches_per_s']:.1f} batches/s = {loader_x:.0f}x what the step consumes"
+    )
     print(f"generation ({res0} px, sample_tiles batch 256): {extras['generate_tiles_per_s']:.0f} tiles/s")
     if not have_torch:
         print("ratio: n/a (no PyTorch peer)")

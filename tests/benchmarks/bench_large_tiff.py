@@ -42,13 +42,22 @@ import numpy as np
 TILE = 64
 N_POINTS = 2000
 SPARSE_MIN_FOREGROUND = 0.2  # keeps about 4% of the windows of this image
-MB = 2 ** 20
+MB = 2**20
 # A guard so that a regression cannot take the whole (shared) machine: the worker's
 # address space is capped; a pass that needs more fails with MemoryError (reported).
-ADDRESS_SPACE_CAP = 12 * 2 ** 30
-BASE_TILES = {"size": TILE, "channels": None, "percentiles": [1.0, 99.8], "shard_size": 48, "context": "fixed",
-              "box_margin": 0.25, "border": "reflect", "stride": TILE, "min_foreground": 0.0,
-              "foreground_threshold": 0.25}
+ADDRESS_SPACE_CAP = 12 * 2**30
+BASE_TILES = {
+    "size": TILE,
+    "channels": None,
+    "percentiles": [1.0, 99.8],
+    "shard_size": 48,
+    "context": "fixed",
+    "box_margin": 0.25,
+    "border": "reflect",
+    "stride": TILE,
+    "min_foreground": 0.0,
+    "foreground_threshold": 0.25,
+}
 
 
 def peak_rss_mb() -> float:
@@ -85,11 +94,15 @@ def worker(mode: str, root: Path) -> dict:
     import pandas  # noqa: F401
     import tifffile  # noqa: F401
 
-    from bioaug.annotations import index_dataset
-    from bioaug.tiling import tile_shard
+    from bioaug.stages.index import index_dataset
+    from bioaug.stages.tile import tile_shard
 
-    res = {"mode": mode, "import_s": time.perf_counter() - t0, "rss_import_mb": peak_rss_mb(),
-           "hwm_import_mb": vm_hwm_mb()}
+    res = {
+        "mode": mode,
+        "import_s": time.perf_counter() - t0,
+        "rss_import_mb": peak_rss_mb(),
+        "hwm_import_mb": vm_hwm_mb(),
+    }
     if mode == "baseline":
         return res
     tiles_cfg = dict(BASE_TILES)
@@ -137,9 +150,9 @@ def write_image(root: Path, side: int, seed: int = 0) -> tuple[Path, int]:
     block = 512
     for top in range(0, side, block):
         rows = min(block, side - top)
-        mm[top:top + rows] = rng.integers(900, 1100, (rows, side), dtype=np.uint16)
+        mm[top : top + rows] = rng.integers(900, 1100, (rows, side), dtype=np.uint16)
     # Cells: discs of radius 10-16 covering about 5% of the image.
-    n_cells = int(0.05 * side * side / (math.pi * 13 ** 2))
+    n_cells = int(0.05 * side * side / (math.pi * 13**2))
     yy, xx = np.mgrid[-16:17, -16:17]
     dist = np.hypot(yy, xx)
     cx, cy = rng.integers(16, side - 16, n_cells), rng.integers(16, side - 16, n_cells)
@@ -152,15 +165,20 @@ def write_image(root: Path, side: int, seed: int = 0) -> tuple[Path, int]:
     # Point items at random positions all over the image (borders included).
     px, py = rng.integers(0, side, N_POINTS), rng.integers(0, side, N_POINTS)
     labels = np.array(["a", "b", "c", "d"])[rng.integers(0, 4, N_POINTS)]
-    pd.DataFrame({"image": "cells/big.tif", "label": labels, "x": px.astype(float),
-                  "y": py.astype(float)}).to_csv(root / "annotations.csv", index=False)
+    pd.DataFrame({"image": "cells/big.tif", "label": labels, "x": px.astype(float), "y": py.astype(float)}).to_csv(
+        root / "annotations.csv", index=False
+    )
     return path, N_POINTS
 
 
 def run_worker(mode: str, root: Path, timeout: int, *extra: str) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--worker", mode, "--root", str(root), *extra],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", mode, "--root", str(root), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -174,8 +192,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="quick smoke version (4096 x 4096)")
     ap.add_argument("--side", type=int, default=None, help="image side in pixels (default 16384, --small 4096)")
-    ap.add_argument("--worker", choices=["write", "baseline", "points", "window", "window_sparse"],
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--worker", choices=["write", "baseline", "points", "window", "window_sparse"], help=argparse.SUPPRESS
+    )
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     side = args.side or (4096 if args.small else 16384)
@@ -198,28 +217,53 @@ def main(argv=None) -> dict:
         runs = {mode: run_worker(mode, root, timeout) for mode in ("baseline", "points", "window", "window_sparse")}
 
     base = runs["baseline"]
-    res = {"benchmark": "large_tiff", "side": side, "image_mb": image_mb, "n_points": n_points,
-           "baseline_rss_mb": base["rss_import_mb"], "baseline_hwm_mb": base["hwm_import_mb"],
-           "baseline_wall_s": base["wall_s"], "driver_rss_mb": peak_rss_mb()}
+    res = {
+        "benchmark": "large_tiff",
+        "side": side,
+        "image_mb": image_mb,
+        "n_points": n_points,
+        "baseline_rss_mb": base["rss_import_mb"],
+        "baseline_hwm_mb": base["hwm_import_mb"],
+        "baseline_wall_s": base["wall_s"],
+        "driver_rss_mb": peak_rss_mb(),
+    }
     for mode in ("points", "window", "window_sparse"):
         r = runs[mode]
-        res.update({f"{mode}_rss_mb": r["rss_peak_mb"], f"{mode}_hwm_mb": r["hwm_peak_mb"],
-                    f"{mode}_index_rss_mb": r["rss_index_mb"],
-                    f"{mode}_wall_s": r["wall_s"], f"{mode}_index_s": r["index_s"], f"{mode}_tile_s": r["tile_s"],
-                    f"{mode}_n_tiles": r["n_tiles"], f"{mode}_tiles_mb": r["tiles_mb"]})
+        res.update(
+            {
+                f"{mode}_rss_mb": r["rss_peak_mb"],
+                f"{mode}_hwm_mb": r["hwm_peak_mb"],
+                f"{mode}_index_rss_mb": r["rss_index_mb"],
+                f"{mode}_wall_s": r["wall_s"],
+                f"{mode}_index_s": r["index_s"],
+                f"{mode}_tile_s": r["tile_s"],
+                f"{mode}_n_tiles": r["n_tiles"],
+                f"{mode}_tiles_mb": r["tiles_mb"],
+            }
+        )
 
-    print(f"bench_large_tiff: {side} x {side} uint16 uncompressed TIFF, {image_mb:.0f} MB on disk "
-          f"(written in {t_write:.1f} s); tile {TILE} px; peak RSS per pass, each in its own process")
-    print(f"  {'pass':16}{'tiles':>8}{'tiles MB':>10}{'index s':>9}{'tile s':>8}{'wall s':>8}"
-          f"{'RSS@index':>11}{'peak RSS':>10}{'VmHWM':>9}")
-    print(f"  {'baseline':16}{'':>8}{'':>10}{'':>9}{'':>8}{base['wall_s']:8.1f}{'':>11}"
-          f"{base['rss_import_mb']:8.0f}MB{base['hwm_import_mb']:7.0f}MB")
+    print(
+        f"bench_large_tiff: {side} x {side} uint16 uncompressed TIFF, {image_mb:.0f} MB on disk "
+        f"(written in {t_write:.1f} s); tile {TILE} px; peak RSS per pass, each in its own process"
+    )
+    print(
+        f"  {'pass':16}{'tiles':>8}{'tiles MB':>10}{'index s':>9}{'tile s':>8}{'wall s':>8}"
+        f"{'RSS@index':>11}{'peak RSS':>10}{'VmHWM':>9}"
+    )
+    print(
+        f"  {'baseline':16}{'':>8}{'':>10}{'':>9}{'':>8}{base['wall_s']:8.1f}{'':>11}"
+        f"{base['rss_import_mb']:8.0f}MB{base['hwm_import_mb']:7.0f}MB"
+    )
     for mode in ("points", "window", "window_sparse"):
         r = runs[mode]
-        print(f"  {mode:16}{r['n_tiles']:8d}{r['tiles_mb']:10.1f}{r['index_s']:9.2f}{r['tile_s']:8.2f}"
-              f"{r['wall_s']:8.1f}{r['rss_index_mb']:9.0f}MB{r['rss_peak_mb']:8.0f}MB{r['hwm_peak_mb']:7.0f}MB")
-    print("  (aim: peak RSS <= 400 MB; 'tiles MB' is the shard file tile_shard streams to disk, "
-          "which a pass must hold at its end)")
+        print(
+            f"  {mode:16}{r['n_tiles']:8d}{r['tiles_mb']:10.1f}{r['index_s']:9.2f}{r['tile_s']:8.2f}"
+            f"{r['wall_s']:8.1f}{r['rss_index_mb']:9.0f}MB{r['rss_peak_mb']:8.0f}MB{r['hwm_peak_mb']:7.0f}MB"
+        )
+    print(
+        "  (aim: peak RSS <= 400 MB; 'tiles MB' is the shard file tile_shard streams to disk, "
+        "which a pass must hold at its end)"
+    )
     print(json.dumps(res))
     return res
 

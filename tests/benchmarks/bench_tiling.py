@@ -2,17 +2,17 @@
 
 Writes N 2-channel uint16 512x512 fields (CYX, like the built-in dataset) with about 30
 point annotations each into a temporary folder, indexes them with
-bioaug.annotations.index_dataset, then times, interleaved over 5 repetitions:
+bioaug.stages.index.index_dataset, then times, interleaved over 5 repetitions:
 
   read  tifffile.imread of every file (nothing else)
-  tile  bioaug.tiling.tile_images over the same files (read, percentile statistics,
-        crops, normalisation, stacking)
+  tile  bioaug.stages.tile.tile_shard over the same files: the path the pipeline's tile
+        jobs run (read, percentile statistics, crops, normalisation, shard writing)
 
 and reports medians: files/s of both, tiles/s, and ratio = tile files/s / read files/s.
 
     .venv/bin/python tests/benchmarks/bench_tiling.py [--small] [--n-files N] [--profile]
 
---profile also prints a cProfile summary of one tile_images call. The last line printed
+--profile also prints a cProfile summary of one tile_shard call. The last line printed
 is a JSON object with the figures. Timings on a shared machine are indicative; only the
 ratio (measured side by side in one run) is meant to be compared across machines.
 """
@@ -34,20 +34,29 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from bioaug.annotations import index_dataset
-from bioaug.tiling import tile_images
+from bioaug.stages.index import index_dataset
+from bioaug.stages.tile import tile_shard
 
 # The `tiles` section of config.yaml (copied so the benchmark does not move when it is edited).
-TILES_CFG = {"size": 32, "channels": None, "percentiles": [1.0, 99.8], "shard_size": 48, "context": "fixed",
-             "box_margin": 0.25, "border": "reflect", "stride": None, "min_foreground": 0.0,
-             "foreground_threshold": 0.25}
+TILES_CFG = {
+    "size": 32,
+    "channels": None,
+    "percentiles": [1.0, 99.8],
+    "shard_size": 48,
+    "context": "fixed",
+    "box_margin": 0.25,
+    "border": "reflect",
+    "stride": None,
+    "min_foreground": 0.0,
+    "foreground_threshold": 0.25,
+}
 CLASSES = {"interphase": 0.70, "elongated": 0.17, "mitotic": 0.10, "apoptotic": 0.03}
 
 
 def _stamp(radius: float) -> np.ndarray:
     r = int(3 * radius)
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return np.exp(-(xx ** 2 + yy ** 2) / (2 * radius ** 2))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return np.exp(-(xx**2 + yy**2) / (2 * radius**2))
 
 
 def make_dataset(root: Path, n_files: int, size: int = 512, cells: int = 30, seed: int = 0) -> int:
@@ -70,10 +79,13 @@ def make_dataset(root: Path, n_files: int, size: int = 512, cells: int = 30, see
                 r = stamp.shape[0] // 2
                 cx, cy = int(x), int(y)
                 t, b, l, rr = max(cy - r, 0), min(cy + r + 1, size), max(cx - r, 0), min(cx + r + 1, size)
-                img[c, t:b, l:rr] += amp * rng.uniform(0.6, 1.4) * stamp[t - cy + r:b - cy + r, l - cx + r:rr - cx + r]
+                img[c, t:b, l:rr] += (
+                    amp * rng.uniform(0.6, 1.4) * stamp[t - cy + r : b - cy + r, l - cx + r : rr - cx + r]
+                )
         rel = f"images/field_{i:04d}.tif"
-        tifffile.imwrite(root / rel, np.clip(img, 0, 65535).astype(np.uint16), photometric="minisblack",
-                         metadata={"axes": "CYX"})
+        tifffile.imwrite(
+            root / rel, np.clip(img, 0, 65535).astype(np.uint16), photometric="minisblack", metadata={"axes": "CYX"}
+        )
         rows.extend((rel, lab, round(float(x), 1), round(float(y), 1)) for lab, x, y in zip(labels, xs, ys))
     pd.DataFrame(rows, columns=["image", "label", "x", "y"]).to_csv(root / "annotations.csv", index=False)
     return len(rows)
@@ -87,15 +99,16 @@ def plain_read(root: Path, images: list[str]) -> float:
 
 
 def tiling(root: Path, items: pd.DataFrame, images: list[str]) -> tuple[float, int]:
+    out = root / "shards" / "shard-00000.npy"
     t0 = time.perf_counter()
-    tiles, _, _ = tile_images(root, items, images, TILES_CFG)
-    return time.perf_counter() - t0, len(tiles)
+    n = tile_shard(root, items, images, TILES_CFG, out)
+    return time.perf_counter() - t0, n
 
 
 def profile_tiling(root: Path, items: pd.DataFrame, images: list[str], top: int = 18) -> str:
     prof = cProfile.Profile()
     prof.enable()
-    tile_images(root, items, images, TILES_CFG)
+    tile_shard(root, items, images, TILES_CFG, root / "shards" / "profiled.npy")
     prof.disable()
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
@@ -107,7 +120,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--small", action="store_true", help="quick smoke version (16 files, 3 repetitions)")
     ap.add_argument("--n-files", type=int, default=None, help="number of fields (default 64, --small 16)")
     ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 5, --small 3)")
-    ap.add_argument("--profile", action="store_true", help="print a cProfile summary of one tile_images call")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile summary of one tile_shard call")
     args = ap.parse_args(argv)
     n_files = args.n_files or (16 if args.small else 64)
     reps = args.reps or (3 if args.small else 5)
@@ -150,17 +163,23 @@ def main(argv=None) -> dict:
         "ratio": (n_files / tile_med) / (n_files / read_med),
         "index_s": t_index,
     }
-    print(f"bench_tiling: {n_files} fields 2x512x512 uint16 (CYX), {n_tiles} point tiles of "
-          f"{TILES_CFG['size']} px; median of {reps} interleaved repetitions (dataset written in "
-          f"{t_make:.1f} s, indexed in {t_index:.2f} s)")
-    print(f"  {'':28}{'median s':>10}{'files/s':>10}{'tiles/s':>10}   all runs (s)")
-    print(f"  {'tifffile.imread':28}{read_med:10.3f}{res['read_files_per_s']:10.1f}{'':>10}   "
-          + " ".join(f"{t:.3f}" for t in read_s))
-    print(f"  {'tile_images (read+norm+crop)':28}{tile_med:10.3f}{res['tile_files_per_s']:10.1f}"
-          f"{res['tiles_per_s']:10.0f}   " + " ".join(f"{t:.3f}" for t in tile_s))
+    print(
+        f"bench_tiling: {n_files} fields 2x512x512 uint16 (CYX), {n_tiles} point tiles of "
+        f"{TILES_CFG['size']} px; median of {reps} interleaved repetitions (dataset written in "
+        f"{t_make:.1f} s, indexed in {t_index:.2f} s)"
+    )
+    print(f"  {'':34}{'median s':>10}{'files/s':>10}{'tiles/s':>10}   all runs (s)")
+    print(
+        f"  {'tifffile.imread':34}{read_med:10.3f}{res['read_files_per_s']:10.1f}{'':>10}   "
+        + " ".join(f"{t:.3f}" for t in read_s)
+    )
+    print(
+        f"  {'tile_shard (read+norm+crop+write)':34}{tile_med:10.3f}{res['tile_files_per_s']:10.1f}"
+        f"{res['tiles_per_s']:10.0f}   " + " ".join(f"{t:.3f}" for t in tile_s)
+    )
     print(f"  ratio tiling/plain read (files/s): {res['ratio']:.3f}  (aim >= 0.5)")
     if prof_text:
-        print("\ncProfile of one tile_images call (sorted by own time):")
+        print("\ncProfile of one tile_shard call (sorted by own time):")
         print(prof_text)
     print(json.dumps(res))
     return res

@@ -21,19 +21,40 @@ REPO = HERE.parents[1]
 pytestmark = pytest.mark.slow
 
 EXPECTED = {
-    "bench_tiling.py": ["n_files", "n_tiles", "read_s", "tile_s", "read_files_per_s", "tile_files_per_s",
-                        "tiles_per_s", "ratio"],
-    "bench_large_tiff.py": ["side", "image_mb", "baseline_rss_mb", "points_rss_mb", "points_wall_s",
-                            "points_n_tiles", "window_rss_mb", "window_wall_s", "window_n_tiles",
-                            "window_sparse_rss_mb", "window_sparse_n_tiles"],
+    "bench_tiling.py": [
+        "n_files",
+        "n_tiles",
+        "read_s",
+        "tile_s",
+        "read_files_per_s",
+        "tile_files_per_s",
+        "tiles_per_s",
+        "ratio",
+    ],
+    "bench_large_tiff.py": [
+        "side",
+        "image_mb",
+        "baseline_rss_mb",
+        "points_rss_mb",
+        "points_wall_s",
+        "points_n_tiles",
+        "window_rss_mb",
+        "window_wall_s",
+        "window_n_tiles",
+        "window_sparse_rss_mb",
+        "window_sparse_n_tiles",
+    ],
     "bench_dag.py": ["n_images", "n_items", "setup_s", "dag_s", "startup_s", "jobs_total", "tile_jobs"],
 }
 
 
 def run_small(script: str) -> dict:
-    proc = subprocess.run([sys.executable, str(HERE / script), "--small"], cwd=REPO, capture_output=True,
-                          text=True, timeout=180)
-    assert proc.returncode == 0, f"{script} --small failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    proc = subprocess.run(
+        [sys.executable, str(HERE / script), "--small"], cwd=REPO, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, (
+        f"{script} --small failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert lines, f"{script} printed nothing"
     return json.loads(lines[-1])

@@ -21,15 +21,28 @@ REPO = HERE.parents[1]
 
 pytestmark = pytest.mark.slow
 
-EXPECTED = ["jax_steps_per_s_32", "jax_images_per_s_32", "gflop_per_step_32", "gflops_32",
-            "compile_cold_s_32", "compile_warm_s_32", "loader_batches_per_s", "loader_multiple",
-            "generate_tiles_per_s"]
+EXPECTED = [
+    "jax_steps_per_s_32",
+    "jax_images_per_s_32",
+    "gflop_per_step_32",
+    "gflops_32",
+    "compile_cold_s_32",
+    "compile_warm_s_32",
+    "loader_batches_per_s",
+    "loader_multiple",
+    "generate_tiles_per_s",
+]
 WITH_TORCH = ["torch_steps_per_s_32", "ratio_32"]
 
 
 def test_gan_bench_small():
-    proc = subprocess.run([sys.executable, str(HERE / "bench_gan_step.py"), "--small"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "bench_gan_step.py"), "--small"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"--small failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     res = json.loads(lines[-1])

@@ -1,19 +1,24 @@
-"""bioaug: balance rare classes in biological image datasets with a class-conditional GAN.
+"""bioaug: balance rare classes in biological image datasets with a class-conditional GAN,
+and measure on held-out real data whether that helps a classifier.
 
-Where things live:
+Where things live (one rule of workflow/rules/*.smk = one module of stages/):
+  config.py          the config validated once: schema (types, ranges, defaults), cross-key rules
+  runtime.py         BioaugError, logging, progress, atomic writes, JAX set-up, stage()
+  stages/            one module per rule, one entry point `run` each (see stages/__init__.py):
+                     download, index, split, tile, train_gan, generate, balance,
+                     feature_classifier, gan_quality, classify, report
+  formats/           one module per artefact, its only reader and writer: items, shards,
+                     synthetic, balanced, classify_results, images (source images)
+  gan/               the class-conditional GAN: networks, ops, losses, step, state, devices,
+                     augment, input_pipeline, sample, train (see gan/__init__.py)
+  classifier/        the downstream CNN and its training loop (one arm, one seed)
+  metrics/           every metric its own module behind one registry
+  archives.py        safe extraction of dataset archives (by content, with limits)
+  arms.py            the arms compared (real, real+classic, oversample, ..., gan_only)
+  balance_policy.py  how many tiles each class should have after balancing
+  verdicts.py        the verdict rule: paired bootstrap intervals, per-class verdicts
   simulate.py        the built-in dataset (synthetic fluorescence fields)
-  download.py        download stage: builtin / URL / local path
-  annotations.py     readers for the input formats -> one item table
-  split.py           grouped, stratified, seeded train/val/test split
-  tiling.py          object-centred crops + per-image percentile normalisation
-  tilestore.py       the tile shard format shared by all later stages
-  gan/               class-conditional GAN (networks, augment, losses, train loop, sampling)
-  generate.py        how many tiles each class needs, and writing them
-  balance.py         the balanced dataset (TIFF class folders + manifest.csv)
-  classifier/        downstream CNN and its training loop (one arm, one seed)
-  metrics/           metric registry (classification, ...)
-  report.py          summary tables and figures
-  runtime.py         logging, progress, JAX set-up shared by every stage
+  viz.py             tile grids for sample and report figures
 """
 
 __version__ = "0.1.0"

@@ -1,19 +1,82 @@
-"""Configuration helpers: per-dataset sections and the checks JSON schema cannot express.
+"""The configuration, validated once: the schema, then the rules between keys.
 
-The schema (workflow/schemas/config.schema.yaml) checks keys and types. `check_config`
-adds cross-key rules, each failing with a BioaugError that names the offending key.
+`validate_config` checks the config against workflow/schemas/config.schema.yaml (types,
+ranges), fills the schema's defaults into the global sections (so a config that gives only
+`datasets:` runs), then applies the cross-key rules below, one formula each. Every error is a
+BioaugError naming the key. Code below this layer receives validated sections
+(`dataset_section`) and neither re-checks nor re-defaults them.
+
+Defaults are filled into the global sections only: a section inside a dataset overrides just
+the keys it gives. (Snakemake's `validate(..., set_default=True)` fills defaults wherever a
+schema with `properties` applies, per-dataset sections included, which would turn every
+override into a full copy of the defaults; hence this function.)
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
-import re
+from pathlib import Path
+
+import jsonschema
+import yaml
 
 from .runtime import BioaugError
 
-STAGE_SECTIONS = ("split", "tiles", "gan", "generate", "balance", "classifier")
-SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+# Sections a dataset can override (everything a stage reads apart from the dataset's own keys).
+STAGE_SECTIONS = (
+    "split",
+    "tiles",
+    "gan",
+    "generate",
+    "balance",
+    "classifier",
+    "feature_classifier",
+    "gan_quality",
+    "report",
+)
+
+
+@functools.cache
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _section_defaults(name: str) -> dict:
+    return {k: copy.deepcopy(v["default"]) for k, v in schema()["$defs"][name]["properties"].items() if "default" in v}
+
+
+def defaults() -> dict:
+    """Every stage section as the schema's defaults give it (what a config with only
+    `datasets:` runs with)."""
+    return {name: _section_defaults(name) for name in STAGE_SECTIONS}
+
+
+def validate_config(config: dict) -> dict:
+    """Validate `config` in place (schema, defaults, cross-key rules) and return it."""
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise BioaugError("invalid config: " + "; ".join(_describe(e) for e in errors[:5]))
+    for name in STAGE_SECTIONS:
+        section = config.setdefault(name, {})
+        for key, value in _section_defaults(name).items():
+            section.setdefault(key, value)
+    dataset_defaults = {
+        k: v["default"] for k, v in schema()["$defs"]["dataset"]["properties"].items() if "default" in v
+    }
+    for dcfg in config["datasets"].values():
+        for key, value in dataset_defaults.items():
+            dcfg.setdefault(key, copy.deepcopy(value))
+    check_config(config)
+    return config
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(map(str, error.absolute_path)) or "(top level)"
+    return f"{where}: {error.message}"
 
 
 def dataset_section(config: dict, dataset: str, section: str) -> dict:
@@ -25,14 +88,9 @@ def dataset_section(config: dict, dataset: str, section: str) -> dict:
     return merged
 
 
-def safe_name(label: str) -> str:
-    """A class label as a file-system-safe name (used for folders and wildcards)."""
-    name = SAFE_NAME.sub("_", str(label)).strip("._")
-    return name or "class"
-
-
 def check_config(config: dict) -> None:
-    """Cross-key checks; raises BioaugError naming the key."""
+    """The rules between keys, on a schema-valid config with defaults; raises BioaugError
+    naming the key."""
     for ds, dcfg in config["datasets"].items():
         where = f"datasets.{ds}"
         if dcfg["source"] == "builtin" and "builtin" not in dcfg:
@@ -44,35 +102,50 @@ def check_config(config: dict) -> None:
             if lo > hi:
                 raise BioaugError(f"{where}.builtin.cells_per_image: minimum {lo} is above maximum {hi}")
 
+        def key(section: str, name: str, dcfg=dcfg, where=where) -> str:
+            """Where a value came from: the dataset's override or the global section."""
+            own = name in dcfg.get(section, {})
+            return f"{where}.{section}.{name}" if own else f"{section}.{name}"
+
         split = dataset_section(config, ds, "split")
         total = sum(split["fractions"].values())
         if not math.isclose(total, 1.0, abs_tol=1e-6):
-            raise BioaugError(f"{_key(config, ds, 'split')}.fractions: must sum to 1, got {total:g}")
+            raise BioaugError(f"{key('split', 'fractions')}: must sum to 1, got {total:g}")
 
         tiles = dataset_section(config, ds, "tiles")
+        size = tiles["size"]
         lo, hi = tiles["percentiles"]
         if not lo < hi:
-            raise BioaugError(f"{_key(config, ds, 'tiles')}.percentiles: low {lo} must be below high {hi}")
+            raise BioaugError(f"{key('tiles', 'percentiles')}: low {lo} must be below high {hi}")
 
         gan = dataset_section(config, ds, "gan")
-        expected = 4 * 2 ** len(gan["g_channels"])
-        if expected != tiles["size"]:
+        n_up, n_down = len(gan["g_channels"]), len(gan["d_channels"])
+        if 4 * 2**n_up != size:
+            need = math.log2(size / 4)
+            hint = f"use {int(need)} entries" if need == int(need) and need >= 1 else "tiles.size must be 4 * 2**k"
             raise BioaugError(
-                f"{_key(config, ds, 'gan')}.g_channels: {len(gan['g_channels'])} upsampling blocks make "
-                f"{expected} px tiles, but tiles.size is {tiles['size']} (need log2(size/4) entries)"
+                f"{key('gan', 'g_channels')}: {n_up} upsampling block(s) make {4 * 2**n_up} px tiles, "
+                f"but tiles.size is {size} ({hint})"
             )
-        if tiles["size"] < 2 ** len(gan["d_channels"]):
-            raise BioaugError(f"{_key(config, ds, 'gan')}.d_channels: too many downsampling blocks for {tiles['size']} px tiles")
+        if size % 2**n_down:
+            raise BioaugError(
+                f"{key('gan', 'd_channels')}: {n_down} stride-2 blocks need tiles.size divisible by "
+                f"{2**n_down}, but it is {size}"
+            )
+        if gan["mode_seeking_weight"] > 0 and gan["batch_size"] % 2:
+            raise BioaugError(
+                f"{key('gan', 'batch_size')}: {gan['batch_size']} must be even with gan.mode_seeking_weight > 0 "
+                f"(the term compares pairs of samples)"
+            )
 
         balance = dataset_section(config, ds, "balance")
-        if balance["target"] == "fixed" and not balance.get("count"):
-            raise BioaugError(f"{_key(config, ds, 'balance')}.count: required when balance.target is 'fixed'")
+        if balance["target"] == "fixed" and not balance["count"]:
+            raise BioaugError(f"{key('balance', 'count')}: required when balance.target is 'fixed'")
 
-        clf = dataset_section(config, ds, "classifier")
-        if tiles["size"] < 2 ** len(clf["channels"]):
-            raise BioaugError(f"{_key(config, ds, 'classifier')}.channels: too many pooling blocks for {tiles['size']} px tiles")
-
-
-def _key(config: dict, ds: str, section: str) -> str:
-    """Where a section's value came from: the dataset override or the global section."""
-    return f"datasets.{ds}.{section}" if section in config["datasets"][ds] else section
+        for section in ("classifier", "feature_classifier"):
+            n_pool = len(dataset_section(config, ds, section)["channels"])
+            if size < 2**n_pool:
+                raise BioaugError(
+                    f"{key(section, 'channels')}: {n_pool} pooling blocks need tiles of at least "
+                    f"{2**n_pool} px, but tiles.size is {size}"
+                )

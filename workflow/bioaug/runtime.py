@@ -60,22 +60,12 @@ def atomic_path(path: str | os.PathLike):
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
-# XLA:CPU flags that configure_jax adds when JAX will run on the CPU and the user has not
-# set XLA_FLAGS. In jaxlib 0.10, XLA:CPU hands convolutions and matmuls to YNNPACK by
-# default ("individual_dot,individual_convolution"); `--xla_cpu_experimental_ynn_fusion_type`
-# chooses which ops go there. For the GAN step the best choice measured is matmuls
-# (`individual_dot`) and reductions (`reduce`) in YNNPACK, convolutions in XLA's own
-# (Eigen) kernels. Reductions matter most: XLA:CPU otherwise rewrites the per-channel
-# sums of BatchNorm and of bias gradients over (N, H, W) into split reduce-windows that ran
-# at ~1/50 of the speed YNNPACK reaches (46 ms vs 0.9 ms for a 64x32x32x64 sum), about a
-# quarter of the step. Interleaved whole-step processes at 32 px, 1 thread, 2 rounds
-# (tests/benchmarks/bench_gan_step.py machinery, loaded 2-core machine): default 0.439,
-# "" (YNNPACK off, what the PyTorch-peer README suggested) 0.484, individual_dot 0.469,
-# individual_dot,reduce 0.589 steps/s (+34% over the default); adding eltwise (0.53) or
-# individual_convolution (0.48) was slower. At 2 threads (`bench_gan_step.py --flag-ab`,
-# 3 rounds) the best rounds were 1.350 (flag) vs 0.904 (defaults) steps/s. It changes
-# how XLA:CPU compiles, not what it computes (beyond float rounding). An unknown fusion type aborts XLA at start-up, so the
-# flags are only set for the jaxlib versions they were measured with.
+# XLA:CPU flags that configure_jax adds when JAX runs on the CPU and the user has not set
+# XLA_FLAGS: matmuls and reductions in YNNPACK, convolutions in XLA's own kernels, which made
+# the GAN step ~1.3-1.5x faster (measurements: tests/benchmarks/README.md, "XLA:CPU flags").
+# It changes how XLA compiles, not what it computes (beyond float rounding). An unknown
+# fusion type aborts XLA at start-up, so the flags are set only for the jaxlib versions
+# they were measured with.
 XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce",)
 XLA_CPU_FLAGS_JAXLIB = ("0.10.",)  # jaxlib version prefixes the flags are known to suit
 
@@ -126,8 +116,7 @@ def configure_jax(cache_dir: str | os.PathLike | None = None) -> None:
         return
     import jaxlib
 
-    version = getattr(jaxlib, "__version__", "") or getattr(getattr(jaxlib, "version", None),
-                                                          "__version__", "")
+    version = getattr(jaxlib, "__version__", "") or getattr(getattr(jaxlib, "version", None), "__version__", "")
     if XLA_CPU_FLAGS and version.startswith(XLA_CPU_FLAGS_JAXLIB) and _jax_platform_is_cpu():
         os.environ["XLA_FLAGS"] = " ".join(XLA_CPU_FLAGS)
 

@@ -56,18 +56,12 @@ _BORDER = 10  # minimum distance of a cell centre from the field edge, px
 def _validate(n_images, image_size, cells_per_image, class_fractions) -> tuple[int, int, dict]:
     if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1:
         raise ValueError(f"n_images must be an integer >= 1, got {n_images!r}")
-    if (
-        isinstance(image_size, bool)
-        or not isinstance(image_size, (int, np.integer))
-        or image_size < 64
-    ):
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 64:
         raise ValueError(f"image_size must be an integer >= 64, got {image_size!r}")
     try:
         lo, hi = cells_per_image
     except (TypeError, ValueError):
-        raise ValueError(
-            f"cells_per_image must be a pair [lo, hi], got {cells_per_image!r}"
-        ) from None
+        raise ValueError(f"cells_per_image must be a pair [lo, hi], got {cells_per_image!r}") from None
     for v in (lo, hi):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise ValueError(f"cells_per_image must hold integers, got {cells_per_image!r}")
@@ -77,8 +71,7 @@ def _validate(n_images, image_size, cells_per_image, class_fractions) -> tuple[i
         raise ValueError(f"cells_per_image must have lo <= hi, got {cells_per_image!r}")
     if not isinstance(class_fractions, dict) or not class_fractions:
         raise ValueError(
-            f"class_fractions must be a non-empty mapping of class name to fraction, "
-            f"got {class_fractions!r}"
+            f"class_fractions must be a non-empty mapping of class name to fraction, got {class_fractions!r}"
         )
     fr = {}
     for name, f in class_fractions.items():
@@ -134,55 +127,80 @@ def _angular(rng, n_modes: int, amp: float) -> np.ndarray:
 
 def _draw_cell(kind: str, class_index: int, rng: np.random.Generator) -> dict:
     """Draw the shape/brightness parameters of one cell. ``bound`` is its footprint radius."""
-    p: dict = {"kind": kind, "vn": float(np.exp(rng.normal(0, 0.15))),
-               "vc": float(np.exp(rng.normal(0, 0.18)))}
+    p: dict = {"kind": kind, "vn": float(np.exp(rng.normal(0, 0.15))), "vc": float(np.exp(rng.normal(0, 0.18)))}
     if kind == "interphase":
         a = rng.uniform(7.0, 9.0)
-        p.update(cyto=(a, a * rng.uniform(0.82, 1.0), rng.uniform(0, np.pi)),
-                 cyto_pert=_angular(rng, 3, 0.05), cyto_amp=_CYT0, cyto_edge=0.9,
-                 nuc_off=rng.normal(0, 0.5, 2))
+        p.update(
+            cyto=(a, a * rng.uniform(0.82, 1.0), rng.uniform(0, np.pi)),
+            cyto_pert=_angular(rng, 3, 0.05),
+            cyto_amp=_CYT0,
+            cyto_edge=0.9,
+            nuc_off=rng.normal(0, 0.5, 2),
+        )
         an = rng.uniform(4.0, 5.0)
-        p.update(nuc=(an, an * rng.uniform(0.82, 1.0), rng.uniform(0, np.pi)),
-                 nuc_amp=_NUC0, nuc_tex=0.2,
-                 nucleoli=[(rng.uniform(-1.8, 1.8), rng.uniform(-1.8, 1.8))
-                           for _ in range(int(rng.integers(1, 3)))])
+        p.update(
+            nuc=(an, an * rng.uniform(0.82, 1.0), rng.uniform(0, np.pi)),
+            nuc_amp=_NUC0,
+            nuc_tex=0.2,
+            nucleoli=[(rng.uniform(-1.8, 1.8), rng.uniform(-1.8, 1.8)) for _ in range(int(rng.integers(1, 3)))],
+        )
         p["bound"] = a
     elif kind == "elongated":
         b = rng.uniform(3.8, 4.8)
         a = b * rng.uniform(2.5, 3.5)
         th = rng.uniform(0, np.pi)
-        p.update(cyto=(a, b, th), cyto_pert=_angular(rng, 3, 0.04), cyto_amp=_CYT0 * 1.05,
-                 cyto_edge=0.9, nuc_off=rng.normal(0, 0.4, 2),
-                 # slight bend of the long axis and a tapering towards the tips
-                 bend=rng.normal(0, 0.012))
-        p.update(nuc=(rng.uniform(5.2, 6.5), rng.uniform(2.4, 3.0), th + rng.normal(0, 0.06)),
-                 nuc_amp=_NUC0 * 0.95, nuc_tex=0.15, nucleoli=[])
+        p.update(
+            cyto=(a, b, th),
+            cyto_pert=_angular(rng, 3, 0.04),
+            cyto_amp=_CYT0 * 1.05,
+            cyto_edge=0.9,
+            nuc_off=rng.normal(0, 0.4, 2),
+            # slight bend of the long axis and a tapering towards the tips
+            bend=rng.normal(0, 0.012),
+        )
+        p.update(
+            nuc=(rng.uniform(5.2, 6.5), rng.uniform(2.4, 3.0), th + rng.normal(0, 0.06)),
+            nuc_amp=_NUC0 * 0.95,
+            nuc_tex=0.15,
+            nucleoli=[],
+        )
         p["bound"] = 0.55 * a + 0.45 * b + 1.0
     elif kind == "mitotic":
         ana = bool(rng.random() < 0.45)
         r = rng.uniform(6.0, 7.0)
         asp = rng.uniform(1.2, 1.35) if ana else rng.uniform(1.0, 1.08)
         th = rng.uniform(0, np.pi)  # spindle axis
-        p.update(cyto=(r * asp, r, th), cyto_pert=_angular(rng, 3, 0.02),
-                 cyto_amp=_CYT0 * rng.uniform(1.6, 1.9), cyto_edge=0.6, anaphase=ana,
-                 spindle=th, nuc_tex=0.25)
+        p.update(
+            cyto=(r * asp, r, th),
+            cyto_pert=_angular(rng, 3, 0.02),
+            cyto_amp=_CYT0 * rng.uniform(1.6, 1.9),
+            cyto_edge=0.6,
+            anaphase=ana,
+            spindle=th,
+            nuc_tex=0.25,
+        )
         if ana:
-            p.update(sep=rng.uniform(2.4, 3.0), bar=(rng.uniform(3.0, 3.8), rng.uniform(0.8, 1.05)),
-                     nuc_amp=_NUC0 * rng.uniform(4.0, 4.8))
+            p.update(
+                sep=rng.uniform(2.4, 3.0),
+                bar=(rng.uniform(3.0, 3.8), rng.uniform(0.8, 1.05)),
+                nuc_amp=_NUC0 * rng.uniform(4.0, 4.8),
+            )
         else:
-            p.update(bar=(rng.uniform(3.6, 4.6), rng.uniform(0.95, 1.3)),
-                     nuc_amp=_NUC0 * rng.uniform(4.0, 4.8))
+            p.update(bar=(rng.uniform(3.6, 4.6), rng.uniform(0.95, 1.3)), nuc_amp=_NUC0 * rng.uniform(4.0, 4.8))
         p["bound"] = r * asp
     elif kind == "apoptotic":
         r = rng.uniform(4.5, 6.0)
         nb = int(rng.integers(2, 5))
         ang = rng.uniform(0, 2 * np.pi, nb)
         rad = r * rng.uniform(0.85, 1.1, nb)
-        p.update(cyto=(r, r * rng.uniform(0.85, 1.0), rng.uniform(0, np.pi)),
-                 cyto_pert=_angular(rng, 5, 0.18), cyto_amp=_CYT0 * rng.uniform(0.45, 0.65),
-                 cyto_edge=0.7, cyto_tex=0.45,
-                 blebs=np.stack([rad * np.cos(ang), rad * np.sin(ang),
-                                 rng.uniform(1.2, 2.2, nb)], axis=1))
+        p.update(
+            cyto=(r, r * rng.uniform(0.85, 1.0), rng.uniform(0, np.pi)),
+            cyto_pert=_angular(rng, 5, 0.18),
+            cyto_amp=_CYT0 * rng.uniform(0.45, 0.65),
+            cyto_edge=0.7,
+            cyto_tex=0.45,
+            blebs=np.stack([rad * np.cos(ang), rad * np.sin(ang), rng.uniform(1.2, 2.2, nb)], axis=1),
+        )
         nd = int(rng.integers(3, 7))
         # fragments scattered over the old nucleus, kept apart so they read as separate
         # dots after blurring; the first (largest) one sits near the cell centre
@@ -196,21 +214,26 @@ def _draw_cell(kind: str, class_index: int, rng: np.random.Generator) -> dict:
             min_sep *= 0.97  # never loop forever
         sig = rng.uniform(0.45, 0.65, (nd, 1))
         sig[0] = rng.uniform(0.8, 1.0)  # the largest, pyknotic remnant
-        p.update(dots=np.concatenate([dots, sig,
-                                      _NUC0 * rng.uniform(6.0, 8.0, (nd, 1))], axis=1),
-                 nuc_amp=_NUC0 * 0.12)
+        p.update(dots=np.concatenate([dots, sig, _NUC0 * rng.uniform(6.0, 8.0, (nd, 1))], axis=1), nuc_amp=_NUC0 * 0.12)
         p["bound"] = r + 1.5
     else:  # generic look for classes the simulator does not know
         k = class_index
         a = 5.5 + 1.5 * (k % 4) + rng.uniform(-0.5, 0.5)
         asp = 1.0 + 0.35 * (k % 3)
         an = min(3.0 + 0.8 * (k % 3), 0.6 * a)
-        p.update(cyto=(a, a / asp, rng.uniform(0, np.pi)), cyto_pert=_angular(rng, 3, 0.05),
-                 cyto_amp=_CYT0 * (0.6 + 0.3 * (k % 5)), cyto_edge=0.9,
-                 nuc_off=rng.normal(0, 0.4, 2))
-        p.update(nuc=(an, min(an / (1.0 + 0.2 * (k % 3)), 0.7 * a / asp), p["cyto"][2]),
-                 nuc_amp=_NUC0 * (0.7 + 0.45 * (k % 4)), nuc_tex=0.15 + 0.05 * (k % 3),
-                 nucleoli=[])
+        p.update(
+            cyto=(a, a / asp, rng.uniform(0, np.pi)),
+            cyto_pert=_angular(rng, 3, 0.05),
+            cyto_amp=_CYT0 * (0.6 + 0.3 * (k % 5)),
+            cyto_edge=0.9,
+            nuc_off=rng.normal(0, 0.4, 2),
+        )
+        p.update(
+            nuc=(an, min(an / (1.0 + 0.2 * (k % 3)), 0.7 * a / asp), p["cyto"][2]),
+            nuc_amp=_NUC0 * (0.7 + 0.45 * (k % 4)),
+            nuc_tex=0.15 + 0.05 * (k % 3),
+            nucleoli=[],
+        )
         p["kind"] = "generic"
         p["bound"] = a
     return p
@@ -258,7 +281,7 @@ def _render_cell(p: dict, X: np.ndarray, Y: np.ndarray, tn: np.ndarray, tc: np.n
         an, bn, thn = p["nuc"]
         nmask, rn = _soft_ellipse(X - ox, Y - oy, an, bn, thn, 0.6)
         prof = (0.85 + 0.15 * np.clip(1.0 - rn * rn, 0.0, 1.0)) * (1.0 + p["nuc_tex"] * tn)
-        for (nx, ny) in p["nucleoli"]:
+        for nx, ny in p["nucleoli"]:
             prof = prof * (1.0 - 0.3 * _gauss(X, Y, ox + nx, oy + ny, 0.9))
         nuc = p["nuc_amp"] * p["vn"] * nmask * prof
         cyto = cyto * (1.0 - 0.3 * nmask) * (1.0 + 0.2 * tc)
@@ -329,8 +352,7 @@ def _smooth_noise(size: int, sigma: float, rng: np.random.Generator) -> np.ndarr
     return n / max(float(n.std()), 1e-6)
 
 
-def _render_field(cells: list[dict], centres: np.ndarray, size: int,
-                  rng: np.random.Generator) -> np.ndarray:
+def _render_field(cells: list[dict], centres: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     tn = _smooth_noise(size, 1.0, rng)
     tc = _smooth_noise(size, 2.0, rng)
     field = np.zeros((2, size, size), np.float32)
@@ -369,9 +391,15 @@ def _render_field(cells: list[dict], centres: np.ndarray, size: int,
 # --------------------------------------------------------------------------- public
 
 
-def simulate_dataset(out_dir: Path, *, n_images: int, image_size: int,
-                     cells_per_image: tuple[int, int] | list[int],
-                     class_fractions: dict[str, float], seed: int) -> pd.DataFrame:
+def simulate_dataset(
+    out_dir: Path,
+    *,
+    n_images: int,
+    image_size: int,
+    cells_per_image: tuple[int, int] | list[int],
+    class_fractions: dict[str, float],
+    seed: int,
+) -> pd.DataFrame:
     """Write a simulated 2-channel fluorescence dataset and return its annotation table.
 
     Writes ``out_dir/images/field_{i:04d}.tif`` (uint16, (2, H, W), axes CYX; channel 0
@@ -403,7 +431,7 @@ def simulate_dataset(out_dir: Path, *, n_images: int, image_size: int,
     rows = []
     start = 0
     for i, n in enumerate(per_image):
-        lab = labels[start:start + n]
+        lab = labels[start : start + n]
         start += n
         cells = [_draw_cell(names[k], int(k), rng) for k in lab]
         centres = _place(np.array([c["bound"] for c in cells]), size, rng)

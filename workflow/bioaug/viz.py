@@ -28,7 +28,7 @@ def tile_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
     out = np.ones((len(rows) * (h + pad) - pad, n * (w + pad) - pad, 3), np.float32)
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
-            out[i * (h + pad): i * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = img
+            out[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = img
     return out
 
 

@@ -6,16 +6,18 @@ rule classify:
         unpack(classify_inputs),
     output:
         "results/{dataset}/classify/{arm}/seed-{seed}.json",
-    params:
-        classifier=classifier_params,
+    log:
+        "logs/{dataset}/classify-{arm}-{seed}.log",
+    group:
+        "classify"
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("classify")
     resources:
         **rule_resources("classify"),
-    group: "classify"
-    log:
-        "logs/{dataset}/classify-{arm}-{seed}.log",
-    conda:
-        "../../envs/bioaug.yaml"
+    params:
+        # the arm and seed lists decide which jobs exist, not what one job computes
+        classifier=section("classifier", without=("arms", "seeds")),
     script:
         "../scripts/classify.py"
 
@@ -24,16 +26,17 @@ rule feature_classifier:
     input:
         items_csv="results/{dataset}/items.csv",
         shards=shard_npys,
+        shard_tables=shard_tables,
     output:
         directory("results/{dataset}/feature_classifier"),
-    params:
-        gan_quality=lambda w: config["gan_quality"],
-    threads: rule_threads("feature_classifier")
-    resources:
-        **rule_resources("feature_classifier"),
     log:
         "logs/{dataset}/feature_classifier.log",
     conda:
         "../../envs/bioaug.yaml"
+    threads: rule_threads("feature_classifier")
+    resources:
+        **rule_resources("feature_classifier"),
+    params:
+        feature_classifier=section("feature_classifier"),
     script:
         "../scripts/feature_classifier.py"

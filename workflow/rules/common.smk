@@ -1,20 +1,18 @@
-"""Helpers shared by every rule: config sections, checkpoint-driven input functions."""
-
-import pandas as pd
+"""Helpers shared by every rule: resources, config sections as params, input functions."""
 
 import re
 
-from bioaug.config import check_config, dataset_section, safe_name
-from bioaug.evaluate import ARMS
-
-check_config(config)
+from bioaug.arms import ARMS
+from bioaug.config import dataset_section
+from bioaug.formats.items import read_items, safe_name
+from bioaug.formats.shards import n_shards
 
 DATASETS = list(config["datasets"])
 ARM_PATTERN = "|".join(re.escape(arm) for arm in ARMS)
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
+    dataset="|".join(re.escape(ds) for ds in DATASETS),
     arm=ARM_PATTERN,
     seed=r"\d+",
     shard=r"\d+",
@@ -56,81 +54,114 @@ def rule_resources(rule):
     return {k: v for k, v in RESOURCES[rule].items() if k != "threads"}
 
 
-def section(name):
-    """params: the `name` config section of the rule's dataset (with its overrides)."""
-    return lambda wildcards: dataset_section(config, wildcards.dataset, name)
+# ----------------------------------------------------------------------------- params
+# Each rule's params name exactly the config keys its stage reads, so that Snakemake's
+# params trigger reruns the stages a change touches, and only those.
 
 
-def source_params(wildcards):
-    """What the download depends on: where the data comes from (not how it is read)."""
-    dcfg = config["datasets"][wildcards.dataset]
-    return {k: dcfg[k] for k in ("source", "sha256", "builtin") if k in dcfg}
+def section(name, *, without=()):
+    """params: the `name` section of the rule's dataset (with its overrides), less `without`."""
+
+    def params(wildcards):
+        cfg = dataset_section(config, wildcards.dataset, name)
+        return {k: v for k, v in cfg.items() if k not in without}
+
+    return params
 
 
-READING_KEYS = ("format", "annotations", "images", "columns", "classes", "on_bad_input")
+def dataset_keys(*keys):
+    """params: the given keys of the dataset's own entry (those it sets)."""
+
+    def params(wildcards):
+        dcfg = config["datasets"][wildcards.dataset]
+        return {k: dcfg[k] for k in keys if k in dcfg}
+
+    return params
 
 
-def reading_params(wildcards):
-    """How the index reads the raw data: format, file names, accepted classes."""
-    dcfg = config["datasets"][wildcards.dataset]
-    return {k: dcfg[k] for k in READING_KEYS if k in dcfg}
+def section_keys(name, *keys):
+    """params: the given keys of a section of the rule's dataset."""
+
+    def params(wildcards):
+        cfg = dataset_section(config, wildcards.dataset, name)
+        return {k: cfg[k] for k in keys}
+
+    return params
 
 
-def index_tile_params(wildcards):
-    """The tile settings that decide at index time whether an object can be tiled."""
-    tiles = dataset_section(config, wildcards.dataset, "tiles")
-    return {k: tiles[k] for k in ("size", "border", "channels")}
+def selective_synthesis(dataset):
+    return dataset_section(config, dataset, "generate")["min_confidence"] is not None
 
 
-def classifier_params(wildcards):
-    """The classifier settings one (arm, seed) job depends on; the arm/seed lists are not."""
-    cfg = dataset_section(config, wildcards.dataset, "classifier")
-    return {k: v for k, v in cfg.items() if k not in ("arms", "seeds")}
+def generate_params(wildcards):
+    """The generate section; max_draws_factor only matters with selective synthesis on."""
+    cfg = dataset_section(config, wildcards.dataset, "generate")
+    if cfg["min_confidence"] is None:
+        del cfg["max_draws_factor"]
+    return cfg
+
+
+# ----------------------------------------------------------------------------- inputs
 
 
 def index_table(dataset):
     """index.csv, once the index checkpoint has run (input functions re-evaluate then)."""
-    path = checkpoints.index.get(dataset=dataset).output.index
-    return pd.read_csv(path)
+    return read_items(checkpoints.index.get(dataset=dataset).output.index)
+
+
+def shard_prefixes(wildcards):
+    size = dataset_section(config, wildcards.dataset, "tiles")["shard_size"]
+    n = n_shards(index_table(wildcards.dataset), size)
+    return [f"results/{wildcards.dataset}/tiles/shard-{k:05d}" for k in range(n)]
 
 
 def shard_npys(wildcards):
-    from bioaug.tiling import n_shards
+    return [f"{p}.npy" for p in shard_prefixes(wildcards)]
 
-    size = dataset_section(config, wildcards.dataset, "tiles")["shard_size"]
-    n = n_shards(index_table(wildcards.dataset), size)
-    return [f"results/{wildcards.dataset}/tiles/shard-{k:05d}.npy" for k in range(n)]
+
+def shard_tables(wildcards):
+    """The tile tables (.csv) beside the shards: read with them, so declared with them."""
+    return [f"{p}.csv" for p in shard_prefixes(wildcards)]
 
 
 def class_slugs(dataset):
-    return sorted({safe_name(label) for label in index_table(dataset)["label"].astype(str)})
+    return sorted({safe_name(label) for label in index_table(dataset)["label"]})
 
 
-def synthetic_npys(wildcards):
-    return [f"results/{wildcards.dataset}/synthetic/{c}.npy" for c in class_slugs(wildcards.dataset)]
+def synthetic_files(suffix):
+    def files(wildcards):
+        return [
+            f"results/{wildcards.dataset}/synthetic/{c}.{suffix}"
+            for c in class_slugs(wildcards.dataset)
+        ]
 
-
-def synthetic_jsons(wildcards):
-    return [f"results/{wildcards.dataset}/synthetic/{c}.json" for c in class_slugs(wildcards.dataset)]
+    return files
 
 
 def generate_inputs(wildcards):
-    """The generator; and the real-trained filter classifier when selective synthesis is on."""
-    inputs = {"generator": f"results/{wildcards.dataset}/gan/generator",
-              "items_csv": f"results/{wildcards.dataset}/items.csv"}
-    if dataset_section(config, wildcards.dataset, "generate").get("min_confidence") is not None:
+    """The generator; and the feature classifier (the filter) when selective synthesis is on."""
+    inputs = {
+        "generator": f"results/{wildcards.dataset}/gan/generator",
+        "items_csv": f"results/{wildcards.dataset}/items.csv",
+    }
+    if selective_synthesis(wildcards.dataset):
         inputs["filter_classifier"] = f"results/{wildcards.dataset}/feature_classifier"
     return inputs
 
 
 def classify_inputs(wildcards):
     """Each arm reads only what it trains on, so a GAN change never reruns the real arms."""
-    inputs = {"items_csv": f"results/{wildcards.dataset}/items.csv", "shards": shard_npys(wildcards)}
+    inputs = {
+        "items_csv": f"results/{wildcards.dataset}/items.csv",
+        "shards": shard_npys(wildcards),
+        "shard_tables": shard_tables(wildcards),
+    }
     data = ARMS[wildcards.arm]["data"]
     if data == "balanced":
         inputs["balanced"] = f"results/{wildcards.dataset}/balanced"
     elif data == "synthetic":
-        inputs["synthetic"] = synthetic_npys(wildcards)
+        inputs["synthetic"] = synthetic_files("npy")(wildcards)
+        inputs["synthetic_tables"] = synthetic_files("csv")(wildcards)
     return inputs
 
 

@@ -4,15 +4,15 @@
 rule download:
     output:
         directory("resources/datasets/{dataset}"),
-    params:
-        source=source_params,
-    threads: rule_threads("download")
-    resources:
-        **rule_resources("download"),
     log:
         "logs/{dataset}/download.log",
     conda:
         "../../envs/bioaug.yaml"
+    threads: rule_threads("download")
+    resources:
+        **rule_resources("download"),
+    params:
+        source=dataset_keys("source", "sha256", "builtin"),
     script:
         "../scripts/download.py"
 
@@ -23,16 +23,18 @@ checkpoint index:
     output:
         index="results/{dataset}/index.csv",
         rejected="results/{dataset}/rejected.csv",
-    params:
-        reading=reading_params,
-        tiles=index_tile_params,
-    threads: rule_threads("index")
-    resources:
-        **rule_resources("index"),
     log:
         "logs/{dataset}/index.log",
     conda:
         "../../envs/bioaug.yaml"
+    threads: rule_threads("index")
+    resources:
+        **rule_resources("index"),
+    params:
+        reading=dataset_keys(
+            "format", "annotations", "images", "columns", "classes", "on_bad_input"
+        ),
+        tiles=section_keys("tiles", "size", "border", "channels"),
     script:
         "../scripts/index.py"
 
@@ -42,15 +44,15 @@ rule split:
         "results/{dataset}/index.csv",
     output:
         "results/{dataset}/items.csv",
-    params:
-        split=section("split"),
-    threads: rule_threads("split")
-    resources:
-        **rule_resources("split"),
     log:
         "logs/{dataset}/split.log",
     conda:
         "../../envs/bioaug.yaml"
+    threads: rule_threads("split")
+    resources:
+        **rule_resources("split"),
+    params:
+        split=section("split"),
     script:
         "../scripts/split.py"
 
@@ -60,16 +62,20 @@ rule tile:
         data="resources/datasets/{dataset}",
         index="results/{dataset}/index.csv",
     output:
-        "results/{dataset}/tiles/shard-{shard}.npy",
-    params:
-        tiles=section("tiles"),
+        npy="results/{dataset}/tiles/shard-{shard}.npy",
+        table="results/{dataset}/tiles/shard-{shard}.csv",
+        norm="results/{dataset}/tiles/shard-{shard}.norm.csv",
+    log:
+        "logs/{dataset}/tile-{shard}.log",
+    group:
+        "tiles"
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("tile")
     resources:
         **rule_resources("tile"),
-    group: "tiles"
-    log:
-        "logs/{dataset}/tile-{shard}.log",
-    conda:
-        "../../envs/bioaug.yaml"
+    params:
+        # border is the index's business (it rejects objects at the border)
+        tiles=section("tiles", without=("border",)),
     script:
         "../scripts/tile.py"

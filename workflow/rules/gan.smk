@@ -5,6 +5,7 @@ rule train_gan:
     input:
         items_csv="results/{dataset}/items.csv",
         shards=shard_npys,
+        shard_tables=shard_tables,
     output:
         generator=directory("results/{dataset}/gan/generator"),
         log_csv="results/{dataset}/gan/train_log.csv",
@@ -15,18 +16,18 @@ rule train_gan:
             category="GAN",
             labels={"dataset": "{dataset}", "figure": "EMA generator samples"},
         ),
+    log:
+        "logs/{dataset}/train_gan.log",
+    conda:
+        "../../envs/bioaug.yaml"
+    threads: rule_threads("train_gan")
+    resources:
+        **rule_resources("train_gan"),
     params:
         gan=section("gan"),
         # Checkpoints live outside the declared outputs, so Snakemake does not delete a
         # failed or killed job's progress; the next attempt resumes from them.
         checkpoint_root="results/{dataset}/gan/checkpoints",
-    threads: rule_threads("train_gan")
-    resources:
-        **rule_resources("train_gan"),
-    log:
-        "logs/{dataset}/train_gan.log",
-    conda:
-        "../../envs/bioaug.yaml"
     script:
         "../scripts/train_gan.py"
 
@@ -38,17 +39,18 @@ rule generate:
         tiles="results/{dataset}/synthetic/{cls}.npy",
         seeds="results/{dataset}/synthetic/{cls}.csv",
         acceptance="results/{dataset}/synthetic/{cls}.json",
-    params:
-        balance=section("balance"),
-        generate=section("generate"),
+    log:
+        "logs/{dataset}/generate-{cls}.log",
+    group:
+        "generate"
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("generate")
     resources:
         **rule_resources("generate"),
-    group: "generate"
-    log:
-        "logs/{dataset}/generate-{cls}.log",
-    conda:
-        "../../envs/bioaug.yaml"
+    params:
+        balance=section("balance"),
+        generate=generate_params,
     script:
         "../scripts/generate.py"
 
@@ -57,16 +59,18 @@ rule balance:
     input:
         items_csv="results/{dataset}/items.csv",
         shards=shard_npys,
-        synthetic=synthetic_npys,
+        shard_tables=shard_tables,
+        synthetic=synthetic_files("npy"),
+        synthetic_tables=synthetic_files("csv"),
     output:
         directory("results/{dataset}/balanced"),
-    threads: rule_threads("balance")
-    resources:
-        **rule_resources("balance"),
     log:
         "logs/{dataset}/balance.log",
     conda:
         "../../envs/bioaug.yaml"
+    threads: rule_threads("balance")
+    resources:
+        **rule_resources("balance"),
     script:
         "../scripts/balance.py"
 
@@ -76,7 +80,9 @@ rule gan_quality:
         feature_classifier="results/{dataset}/feature_classifier",
         items_csv="results/{dataset}/items.csv",
         shards=shard_npys,
-        synthetic=synthetic_npys,
+        shard_tables=shard_tables,
+        synthetic=synthetic_files("npy"),
+        synthetic_tables=synthetic_files("csv"),
     output:
         quality=report(
             "results/{dataset}/gan_quality.csv",
@@ -91,14 +97,14 @@ rule gan_quality:
             category="GAN",
             labels={"dataset": "{dataset}", "figure": "closest synthetic/real pairs"},
         ),
-    params:
-        max_per_class=lambda w: config["gan_quality"]["max_per_class"],
-    threads: rule_threads("gan_quality")
-    resources:
-        **rule_resources("gan_quality"),
     log:
         "logs/{dataset}/gan_quality.log",
     conda:
         "../../envs/bioaug.yaml"
+    threads: rule_threads("gan_quality")
+    resources:
+        **rule_resources("gan_quality"),
+    params:
+        gan_quality=section("gan_quality"),
     script:
         "../scripts/gan_quality.py"

@@ -6,10 +6,11 @@ rule report:
         metrics=classify_jsons,
         items_csv="results/{dataset}/items.csv",
         shards=shard_npys,
+        shard_tables=shard_tables,
         balanced="results/{dataset}/balanced",
         gan_log="results/{dataset}/gan/train_log.csv",
         quality="results/{dataset}/gan_quality.csv",
-        acceptance=synthetic_jsons,
+        acceptance=synthetic_files("json"),
     output:
         summary=report(
             "results/{dataset}/summary.csv",
@@ -21,7 +22,10 @@ rule report:
             "results/{dataset}/arm_summary.csv",
             caption="../report/arm_summary.rst",
             category="Classifier",
-            labels={"dataset": "{dataset}", "table": "per class and arm, with intervals"},
+            labels={
+                "dataset": "{dataset}",
+                "table": "per class and arm, with intervals",
+            },
         ),
         verdicts=report(
             "results/{dataset}/verdicts.csv",
@@ -40,7 +44,10 @@ rule report:
             "results/{dataset}/report/f1_by_arm.png",
             caption="../report/f1_by_arm.rst",
             category="Classifier",
-            labels={"dataset": "{dataset}", "figure": "per-class F1 by arm, with intervals"},
+            labels={
+                "dataset": "{dataset}",
+                "figure": "per-class F1 by arm, with intervals",
+            },
         ),
         confusion=report(
             "results/{dataset}/report/confusion.png",
@@ -60,14 +67,14 @@ rule report:
             category="GAN",
             labels={"dataset": "{dataset}", "figure": "GAN losses"},
         ),
-    params:
-        report=lambda w: config.get("report", {}),
-    threads: rule_threads("report")
-    resources:
-        **rule_resources("report"),
     log:
         "logs/{dataset}/report.log",
     conda:
         "../../envs/bioaug.yaml"
+    threads: rule_threads("report")
+    resources:
+        **rule_resources("report"),
+    params:
+        report=section("report"),
     script:
         "../scripts/report.py"

@@ -1,10 +1,7 @@
-"""Snakemake adapter: balance stage (logic in bioaug.balance)."""
+"""Snakemake adapter of rule balance (logic: bioaug.stages.balance)."""
 
-import pandas as pd
-
-from bioaug.balance import write_balanced
 from bioaug.runtime import stage
+from bioaug.stages import balance
 
 with stage(snakemake):
-    items = pd.read_csv(snakemake.input.items_csv)
-    write_balanced(items, snakemake.input.shards, snakemake.input.synthetic, snakemake.output[0])
+    balance.run(snakemake.input.items_csv, snakemake.input.shards, snakemake.input.synthetic, snakemake.output[0])

@@ -1,18 +1,16 @@
-"""Snakemake adapter: classify stage for one (arm, seed) (logic in bioaug.evaluate)."""
+"""Snakemake adapter of rule classify, one (arm, seed) (logic: bioaug.stages.classify)."""
 
-import json
-
-import pandas as pd
-
-from bioaug.evaluate import run_arm
-from bioaug.runtime import atomic_path, stage
+from bioaug.runtime import stage
+from bioaug.stages import classify
 
 with stage(snakemake, uses_jax=True):
-    items = pd.read_csv(snakemake.input.items_csv)
-    result = run_arm(
-        snakemake.wildcards.arm, int(snakemake.wildcards.seed), items, snakemake.input.shards,
-        snakemake.params.classifier, balanced_dir=snakemake.input.get("balanced"),
+    classify.run(
+        snakemake.wildcards.arm,
+        int(snakemake.wildcards.seed),
+        snakemake.input.items_csv,
+        snakemake.input.shards,
+        snakemake.params.classifier,
+        snakemake.output[0],
+        balanced_dir=snakemake.input.get("balanced"),
         synthetic_npys=snakemake.input.get("synthetic", []),
     )
-    with atomic_path(snakemake.output[0]) as tmp:
-        tmp.write_text(json.dumps(result, indent=2))

@@ -1,7 +1,7 @@
-"""Snakemake adapter: download stage (logic in bioaug.download)."""
+"""Snakemake adapter of rule download (logic: bioaug.stages.download)."""
 
-from bioaug.download import fetch_dataset
 from bioaug.runtime import stage
+from bioaug.stages import download
 
 with stage(snakemake):
-    fetch_dataset(snakemake.params.source, snakemake.output[0])
+    download.run(snakemake.params.source, snakemake.output[0])

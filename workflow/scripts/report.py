@@ -1,14 +1,12 @@
-"""Snakemake adapter: report stage (logic in bioaug.report)."""
+"""Snakemake adapter of rule report (logic: bioaug.stages.report)."""
 
-import pandas as pd
-
-from bioaug.report import write_report
 from bioaug.runtime import stage
+from bioaug.stages import report
 
 with stage(snakemake):
-    write_report(
+    report.run(
         metric_jsons=snakemake.input.metrics,
-        items=pd.read_csv(snakemake.input.items_csv),
+        items_csv=snakemake.input.items_csv,
         shard_npys=snakemake.input.shards,
         balanced_dir=snakemake.input.balanced,
         gan_log=snakemake.input.gan_log,
@@ -16,5 +14,5 @@ with stage(snakemake):
         acceptance_jsons=snakemake.input.acceptance,
         outputs=dict(snakemake.output.items()),
         dataset=snakemake.wildcards.dataset,
-        n_boot=snakemake.params.report.get("bootstrap", 1000),
+        cfg=snakemake.params.report,
     )

@@ -1,13 +1,7 @@
-"""Snakemake adapter: split stage (logic in bioaug.split)."""
+"""Snakemake adapter of rule split (logic: bioaug.stages.split)."""
 
-import pandas as pd
-
-from bioaug.runtime import atomic_path, stage
-from bioaug.split import assign_splits
+from bioaug.runtime import stage
+from bioaug.stages import split
 
 with stage(snakemake):
-    cfg = snakemake.params.split
-    items = assign_splits(pd.read_csv(snakemake.input[0]), cfg["fractions"], cfg["seed"],
-                          use_source_split=cfg.get("use_source_split", False))
-    with atomic_path(snakemake.output[0]) as tmp:
-        items.to_csv(tmp, index=False)
+    split.run(snakemake.input[0], snakemake.params.split, snakemake.output[0])

@@ -1,12 +1,13 @@
-"""Snakemake adapter: tile stage for one shard of source images (logic in bioaug.tiling)."""
-
-import pandas as pd
+"""Snakemake adapter of rule tile, one shard of source images (logic: bioaug.stages.tile)."""
 
 from bioaug.runtime import stage
-from bioaug.tiling import shard_images, tile_shard
+from bioaug.stages import tile
 
 with stage(snakemake):
-    cfg = snakemake.params.tiles
-    index = pd.read_csv(snakemake.input.index)
-    images = shard_images(index, cfg["shard_size"], int(snakemake.wildcards.shard))
-    tile_shard(snakemake.input.data, index, images, cfg, snakemake.output[0])
+    tile.run(
+        snakemake.input.data,
+        snakemake.input.index,
+        int(snakemake.wildcards.shard),
+        snakemake.params.tiles,
+        snakemake.output.npy,
+    )

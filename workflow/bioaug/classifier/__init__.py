@@ -1,4 +1,9 @@
-"""Downstream classifier: a small CNN (Flax NNX) and its seeded, validation-selected training loop."""
+"""Downstream classifier (Flax NNX): one arm, one seed.
+
+model.py   SmallCNN, the network
+train.py   the seeded, validation-selected training loop; TrainedClassifier (predict,
+           features, save / load_classifier)
+"""
 
 from .model import SmallCNN
 from .train import TrainedClassifier, load_classifier, train_classifier

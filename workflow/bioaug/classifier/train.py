@@ -78,12 +78,13 @@ class TrainedClassifier:
         proba = _predict(self.graphdef, (self.state,), jnp.asarray(x, jnp.float32), batch_size)
         return np.asarray(proba)
 
-
     def features(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Penultimate-layer features of the selected model, shape (N, channels[-1])."""
         x = np.asarray(x, np.float32)
-        out = [np.asarray(_features_batch(self.graphdef, self.state, jnp.asarray(x[i:i + batch_size])))
-               for i in range(0, len(x), batch_size)]
+        out = [
+            np.asarray(_features_batch(self.graphdef, self.state, jnp.asarray(x[i : i + batch_size])))
+            for i in range(0, len(x), batch_size)
+        ]
         width = self.to_module().channels[-1]
         return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
@@ -99,8 +100,14 @@ class TrainedClassifier:
         with atomic_path(directory) as tmp:
             Path(tmp).mkdir()
             np.savez(Path(tmp) / "state.npz", *[np.asarray(v) for v in leaves])
-            meta = {"in_channels": module.in_channels, "n_classes": module.n_classes, "channels": list(module.channels),
-                    "class_names": self.class_names, "best_epoch": self.best_epoch, "history": self.history}
+            meta = {
+                "in_channels": module.in_channels,
+                "n_classes": module.n_classes,
+                "channels": list(module.channels),
+                "class_names": self.class_names,
+                "best_epoch": self.best_epoch,
+                "history": self.history,
+            }
             (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
@@ -117,8 +124,13 @@ def load_classifier(directory) -> TrainedClassifier:
         leaves = [jnp.asarray(z[f"arr_{i}"]) for i in range(len(z.files))]
     nnx.update(model, jax.tree.unflatten(jax.tree.structure(weights), leaves))
     graphdef, state = nnx.split(model)
-    return TrainedClassifier(graphdef=graphdef, state=state, class_names=meta["class_names"],
-                             best_epoch=meta["best_epoch"], history=meta.get("history", []))
+    return TrainedClassifier(
+        graphdef=graphdef,
+        state=state,
+        class_names=meta["class_names"],
+        best_epoch=meta["best_epoch"],
+        history=meta.get("history", []),
+    )
 
 
 # ------------------------------------------------------------------------ jitted pieces
@@ -230,28 +242,11 @@ def _check_split(name: str, x, y, n_classes: int) -> tuple[np.ndarray, np.ndarra
     bad = (y < 0) | (y >= n_classes)
     if bad.any():
         raise ValueError(
-            f"{name}_y has label {y[bad][0]!r} out of range [0, {n_classes}) "
-            f"({int(bad.sum())} labels out of range)"
+            f"{name}_y has label {y[bad][0]!r} out of range [0, {n_classes}) ({int(bad.sum())} labels out of range)"
         )
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name}_x contains non-finite values")
     return x.astype(np.float32, copy=False), y.astype(np.int32)
-
-
-def _read_cfg(cfg: dict) -> tuple[int, int, float, list[int]]:
-    try:
-        epochs, batch_size, lr, channels = (cfg[k] for k in ("epochs", "batch_size", "lr", "channels"))
-    except KeyError as e:
-        raise ValueError(f"classifier config is missing {e.args[0]!r}") from None
-    if int(epochs) < 1:
-        raise ValueError(f"classifier epochs must be >= 1, got {epochs}")
-    if int(batch_size) < 1:
-        raise ValueError(f"classifier batch_size must be >= 1, got {batch_size}")
-    if not float(lr) > 0:
-        raise ValueError(f"classifier lr must be > 0, got {lr}")
-    if not channels or any(int(c) < 1 for c in channels):
-        raise ValueError(f"classifier channels must be a non-empty list of positive ints, got {channels}")
-    return int(epochs), int(batch_size), float(lr), [int(c) for c in channels]
 
 
 def _val_scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
@@ -303,7 +298,8 @@ def train_classifier(
       train_x, val_x: float tiles (N, H, W, C) in [0, 1].
       train_y, val_y: integer labels in [0, len(class_names)).
       class_names: class index -> name.
-      cfg: ``{epochs, batch_size, lr, channels}`` (other keys ignored).
+      cfg: the validated ``classifier`` (or ``feature_classifier``) section: epochs,
+        batch_size, lr, channels (other keys ignored).
       seed: drives init, dropout, augmentation and sampling.
       augment: random flips / 90-degree rotations / +-10% intensity jitter, on device.
       class_weighted: per-class loss weights inversely proportional to train frequency,
@@ -319,11 +315,14 @@ def train_classifier(
         raise ValueError(f"need at least 2 class names, got {class_names}")
     if len(set(class_names)) != n_classes:
         raise ValueError(f"class_names has duplicates: {class_names}")
-    epochs, batch_size, lr, channels = _read_cfg(cfg)
+    epochs, batch_size, lr = cfg["epochs"], cfg["batch_size"], cfg["lr"]
+    channels = list(cfg["channels"])
     train_x, train_y = _check_split("train", train_x, train_y, n_classes)
     val_x, val_y = _check_split("val", val_x, val_y, n_classes)
     if train_x.shape[1:] != val_x.shape[1:]:
-        raise ValueError(f"train tiles are {train_x.shape[1:]} but val tiles are {val_x.shape[1:]} (H, W, C must match)")
+        raise ValueError(
+            f"train tiles are {train_x.shape[1:]} but val tiles are {val_x.shape[1:]} (H, W, C must match)"
+        )
     n_train, h, w, c = train_x.shape
     min_side = 2 ** len(channels)
     if min(h, w) < min_side:
@@ -360,8 +359,20 @@ def train_classifier(
     log.info(
         "training SmallCNN%s on %d tiles %dx%dx%d (%d classes), val %d; %d epochs x %d steps of %d; "
         "augment=%s class_weighted=%s balanced_sampling=%s seed=%d",
-        channels, n_train, h, w, c, n_classes, len(val_x), epochs, n_steps, bs,
-        augment, class_weighted, balanced_sampling, seed,
+        channels,
+        n_train,
+        h,
+        w,
+        c,
+        n_classes,
+        len(val_x),
+        epochs,
+        n_steps,
+        bs,
+        augment,
+        class_weighted,
+        balanced_sampling,
+        seed,
     )
 
     history: list[dict] = []
@@ -379,8 +390,19 @@ def train_classifier(
         loss_sum = jnp.zeros((), jnp.float32)
         for step in range(n_steps):
             params, rest, opt_state, loss_sum = _train_step(
-                gd_train, bool(augment), params, rest, opt_state, loss_sum, steps_d[step], lr_d,
-                train_x_d, train_y_d, class_w_d, idx, ekey,
+                gd_train,
+                bool(augment),
+                params,
+                rest,
+                opt_state,
+                loss_sum,
+                steps_d[step],
+                lr_d,
+                train_x_d,
+                train_y_d,
+                class_w_d,
+                idx,
+                ekey,
             )
         val_pred = np.asarray(jnp.argmax(_predict(gd_eval, (params, rest), val_x_d, 512), axis=-1))
         val_f1, val_bal = _val_scores(val_y, val_pred)
@@ -397,7 +419,12 @@ def train_classifier(
         )
         log.info(
             "epoch %d/%d train_loss %.4f val_macro_f1 %.4f val_balanced_accuracy %.4f (%.1fs)",
-            epoch, epochs, train_loss, val_f1, val_bal, seconds,
+            epoch,
+            epochs,
+            train_loss,
+            val_f1,
+            val_bal,
+            seconds,
         )
         if not math.isfinite(train_loss):
             log.warning("epoch %d: training loss is not finite (%s)", epoch, train_loss)

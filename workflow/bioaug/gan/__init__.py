@@ -1,16 +1,16 @@
 """Class-conditional GAN (JAX/Flax NNX/Optax/Orbax) that learns rare classes' tiles.
 
-  config.py          GanConfig: the validated `gan` config section
-  networks.py        Generator, projection Discriminator, functional spectral norm,
-                     fast upsample+conv and im2col forms, float32 / bfloat16 compute
-  augment.py         DiffAugment (color, translation, cutout), pure JAX, optional
-                     per-image probability p (adaptive augmentation)
-  losses.py          hinge and non-saturating losses, LeCam regulariser
-  input_pipeline.py  class-balanced, restartable index batches; in-memory, memory-mapped
-                     and sharded tile sources; background (prefetching) batch loader
-  train.py           train_gan: jitted data-parallel step (all devices), ADA, R1, LeCam,
-                     EMA generator, checkpoints/resume, logs, export
-  sample.py          load_generator / sample_tiles from an exported EMA generator
+config.py          GanConfig: the (already validated) `gan` section as a frozen dataclass
+networks.py        layers and networks: Generator, projection Discriminator, spectral norm
+ops.py             fast conv kernels: fused upsample+conv, im2col, custom-VJP matmul / conv
+losses.py          the objective: D/G losses, LeCam, lazy R1, mode seeking, D's and G's objectives
+augment.py         DiffAugment (color, translation, cutout), optional per-image probability p
+input_pipeline.py  class-balanced restartable batches, tile sources, background batch loader
+devices.py         multi-process start-up, data-parallel mesh, shardings, host reads
+step.py            the jitted train step, its runtime hyperparameters, the Adam optimiser
+state.py           train state init, checkpoint restore, run identity (the checkpoint folder)
+train.py           train_gan: the loop, the CSV log, resume, export of the EMA generator
+sample.py          BatchNorm recalibration, writing / loading the generator, sample_tiles
 """
 
 from .config import GanConfig

@@ -11,13 +11,13 @@ p = 1 the plain DiffAugment.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 TRANSLATION_RATIO = 0.125  # shift by up to 1/8 of the size
-CUTOUT_RATIO = 0.5         # one square of half the size
+CUTOUT_RATIO = 0.5  # one square of half the size
 
 
 def rand_color(x: jax.Array, key: jax.Array) -> jax.Array:
@@ -66,8 +66,7 @@ def rand_cutout(x: jax.Array, key: jax.Array, ratio: float = CUTOUT_RATIO) -> ja
 _FUNCS = {"color": rand_color, "translation": rand_translation, "cutout": rand_cutout}
 
 
-def diff_augment(x: jax.Array, key: jax.Array, policy: Sequence[str],
-                 p: jax.Array | float | None = None) -> jax.Array:
+def diff_augment(x: jax.Array, key: jax.Array, policy: Sequence[str], p: jax.Array | float | None = None) -> jax.Array:
     """Apply the listed augmentations, always in the order color, translation, cutout.
 
     Each augmentation draws from its own sub-key, so the result does not depend on the

@@ -2,7 +2,7 @@
 
 The sampler yields only indices; a *tile source* turns them into arrays:
 
-- an in-memory array (what `bioaug.tilestore.load_tiles` returns) or a memory-mapped one
+- an in-memory array (what `bioaug.formats.shards.load_tiles` returns) or a memory-mapped one
   (`np.load(path, mmap_mode="r")`): `ArrayTiles`;
 - the tile shards themselves, without loading them: `ShardedTiles`, a list of
   (memory-mapped .npy array, row indices) pairs seen as one array.
@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 
-def class_balanced_indices(labels: np.ndarray, batch_size: int, seed: int,
-                           start_step: int = 0) -> Iterator[np.ndarray]:
+def class_balanced_indices(labels: np.ndarray, batch_size: int, seed: int, start_step: int = 0) -> Iterator[np.ndarray]:
     """Yield, forever, int64 index batches for steps start_step, start_step + 1, ...
 
     Each index draws a class uniformly among the classes that have items, then an item
@@ -45,8 +45,7 @@ def class_balanced_indices(labels: np.ndarray, batch_size: int, seed: int,
         step += 1
 
 
-def same_class_pair_distance(tiles, labels: np.ndarray, seed: int,
-                             pairs_per_class: int = 256) -> float:
+def same_class_pair_distance(tiles, labels: np.ndarray, seed: int, pairs_per_class: int = 256) -> float:
     """Mean pixel distance |x_a - x_b| between two distinct tiles of one class (tile units),
     averaged over the classes with at least two tiles; 0.0 if none has two.
 
@@ -128,8 +127,7 @@ class ShardedTiles:
         self._offsets = np.cumsum([0] + [r.size for _, r in self.parts])
 
     @classmethod
-    def from_npys(cls, paths: Sequence[str | Path], rows: Sequence[np.ndarray] | None = None
-                  ) -> "ShardedTiles":
+    def from_npys(cls, paths: Sequence[str | Path], rows: Sequence[np.ndarray] | None = None) -> ShardedTiles:
         """Memory-map each .npy (`np.load(mmap_mode='r')`); `rows[i]`: rows to use (all)."""
         arrays = [np.load(p, mmap_mode="r") for p in paths]
         if rows is None:
@@ -155,13 +153,13 @@ class ShardedTiles:
 
 
 def sharded_tiles(shard_npys, items, splits=("train",)):
-    """`bioaug.tilestore.load_tiles` without loading: (ShardedTiles, y, rows).
+    """`bioaug.formats.shards.load_tiles` without loading: (ShardedTiles, y, rows).
 
     The same rows in the same order as `load_tiles(shard_npys, items, splits)` returns,
     but the tiles stay in the memory-mapped shards; pass the source to `train_gan` where
     the training tiles may not fit in memory.
     """
-    from bioaug.tilestore import select_tiles
+    from bioaug.formats.shards import select_tiles
 
     parts, y, rows = select_tiles(shard_npys, items, splits)
     return ShardedTiles(parts), y, rows
@@ -185,9 +183,19 @@ class BatchLoader:
     raised by `next()`. `close()` stops the thread.
     """
 
-    def __init__(self, source, labels: np.ndarray, batch_size: int, seed: int, start_step: int = 0,
-                 *, place: Callable[[np.ndarray, np.ndarray], Any] | None = None,
-                 prefetch: int = 2, check_finite: bool = False, rows: slice | None = None):
+    def __init__(
+        self,
+        source,
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        *,
+        place: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+        prefetch: int = 2,
+        check_finite: bool = False,
+        rows: slice | None = None,
+    ):
         self.source = as_tile_source(source)
         self.labels = np.asarray(labels)
         self._sampler = class_balanced_indices(self.labels, batch_size, seed, start_step)

@@ -1,38 +1,27 @@
-"""Class-conditional generator and projection discriminator (Flax NNX, NHWC).
+"""The GAN's layers and networks (Flax NNX, NHWC): Generator, projection Discriminator.
 
-With `conditional_bn` off, the architecture matches /work/shared/bench/torch_reference_gan.py
-layer for layer, so the JAX training step can be benchmarked against that PyTorch peer; on
-(the pipeline's default), every generator BatchNorm also gets a class-dependent scale and
-shift (`ClassBatchNorm`).
-
-Two layers are *computed* differently from a plain convolution, with the same parameters and
-the same result up to float rounding (tests/test_gan.py checks both against `jax.lax.conv`):
-
-- nearest 2x upsampling followed by a 3x3 convolution (the generator's blocks) runs at the
-  low resolution as one 2x2-tap matmul giving the four output phases (`upsample_conv3x3`):
-  2.25x fewer FLOPs and no upsampled intermediate;
-- a convolution with very few input channels (the discriminator's first layer) is an
-  im2col matmul, which XLA:CPU runs faster than its convolution for that shape;
-- the input gradient of the discriminator's 4x4 stride-2 convolutions (`conv4x4_s2`, a
-  custom VJP) is the same phase matmul instead of a convolution over a zero-dilated input.
-
-`compute_dtype` (float32 or bfloat16) is the dtype of the convolution / matmul operands;
-parameters, BatchNorm statistics, spectral norm and the logits stay float32.
-
-Spectral norm is functional: the stored weight is never modified; each training forward
-runs one power-iteration step from a persistent vector `u` (a `SpectralU` variable, not
-trained) and uses weight / sigma. (`nnx.SpectralNorm` in Flax 0.12 overwrites the wrapped
-weight in place on each call, which is not what we want.)
+Holds the spectrally normalised layers (`SNConv`, `SNLinear`, `SNEmbed`; spectral norm is
+functional: the stored weight is never modified, each training forward runs one power
+iteration from a persistent `SpectralU` vector and uses weight / sigma, unlike
+`nnx.SpectralNorm` in Flax 0.12, which overwrites the weight), the class-conditional
+BatchNorm, the up/down blocks, `build_networks` for a GanConfig and the BatchNorm constants.
+With `conditional_bn` off the architecture matches /work/shared/bench/torch_reference_gan.py
+layer for layer (the benchmark's PyTorch peer). `compute_dtype` is the dtype of the conv /
+matmul operands (the kernels are in `ops`); parameters, BatchNorm statistics, spectral norm
+and the logits stay float32.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from .ops import conv2d, upsample_conv3x3
 
 if TYPE_CHECKING:
     from .config import GanConfig
@@ -71,142 +60,6 @@ def spectral_normalize(w: jax.Array, u: jax.Array, update: bool) -> tuple[jax.Ar
     return w / sigma, u
 
 
-IM2COL_MAX_PATCH = 27  # cin * k * k up to this: im2col matmul instead of lax.conv
-
-
-def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, dtype=None) -> jax.Array:
-    """NHWC x HWIO convolution with symmetric zero padding (torch's `padding=`).
-
-    Operands are cast to `dtype` (None: leave them), the result is in that dtype.
-    """
-    if dtype is not None:
-        x, w = x.astype(dtype), w.astype(dtype)
-    kh, kw, cin, cout = w.shape
-    if kh * kw * cin <= IM2COL_MAX_PATCH:
-        return _im2col_conv(x, w, stride, padding)
-    if (kh, kw, stride, padding) == (4, 4, 2, 1) and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
-        return conv4x4_s2(x, w)
-    return _plain_conv(x, w, stride, padding)
-
-
-def _im2col_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
-    kh, kw, cin, cout = w.shape
-    p = padding
-    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
-    _, hp, wp, _ = xp.shape
-    ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
-    cols = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
-            for i in range(kh) for j in range(kw)]
-    patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
-    return patches @ w.reshape(kh * kw * cin, cout)
-
-
-# Row (or column) taps of the four output phases of "nearest 2x upsample, then 3x3 conv":
-# output row 2i+a sees input rows (i-1, i) for a = 0 with kernel rows (w0, w1 + w2) and
-# rows (i, i+1) for a = 1 with kernel rows (w0 + w1, w2). _PHASE_TAPS[a, tap, kernel_row].
-_PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]],
-                        [[1, 1, 0], [0, 0, 1]]], np.float32)
-
-
-def upsample_conv3x3(x: jax.Array, w: jax.Array, dtype=None) -> jax.Array:
-    """conv3x3(nearest_upsample_2x(x), w) with padding 1, computed at x's resolution.
-
-    The 3x3 kernel is folded into a 2x2-tap kernel per output phase (a, b) (see
-    _PHASE_TAPS); one matmul of the 2x2 patches of the padded input, (B, H+1, W+1, 4 cin)
-    @ (4 cin, 4 cout), gives all four phases, which are then interleaved into the
-    (B, 2H, 2W, cout) output. Same parameters and result as the plain form, 16/36 of its
-    multiply-adds (plus the border), and XLA:CPU runs a matmul faster than the equivalent
-    2x2 convolution (whose weight gradient it handles very slowly).
-    """
-    cin, cout = w.shape[2], w.shape[3]
-    taps = jnp.asarray(_PHASE_TAPS, w.dtype)
-    k = jnp.einsum("ahk,bwl,klio->hwiabo", taps, taps, w).reshape(4 * cin, 4 * cout)
-    if dtype is not None:
-        x, k = x.astype(dtype), k.astype(dtype)
-    return _phase_matmul(x, k, cout)
-
-
-def _phase_matmul(x: jax.Array, k: jax.Array, cout: int) -> jax.Array:
-    """(B, H, W, cin) -> (B, 2H, 2W, cout): output phase (a, b) at (i, j) is the 2x2 patch
-    of the 1-padded input at (i + a, j + b) times k's (a, b) block; k is (4 cin, 4 cout)
-    with rows ordered (tap row, tap col, cin) and columns (a, b, cout)."""
-    b, h, wd, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    patches = jnp.concatenate([xp[:, i:i + h + 1, j:j + wd + 1] for i in (0, 1) for j in (0, 1)],
-                              axis=-1)
-    m = b * (h + 1) * (wd + 1)
-    y = _matmul(patches.reshape(m, -1), k).reshape(b, h + 1, wd + 1, 2, 2, cout)
-    rows = [jnp.stack([y[:, a:a + h, c:c + wd, a, c] for c in (0, 1)], axis=3) for a in (0, 1)]
-    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * wd, cout)
-
-
-@jax.custom_vjp
-def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """a @ b for 2-D operands, with gradients as plain row-major matmuls.
-
-    XLA:CPU lowers the weight gradient a^T @ g of a tall matmul as a dot contracting the
-    leading dimensions, which it does not hand to YNNPACK; here a^T is materialised
-    first, so both gradients are ordinary (M, K) @ (K, N) products.
-    """
-    return a @ b
-
-
-def _matmul_fwd(a, b):
-    return a @ b, (a, b)
-
-
-def _matmul_bwd(res, g):
-    a, b = res
-    return g @ b.T, jnp.transpose(a) @ g
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-def _plain_conv(x, w, stride, padding):
-    return jax.lax.conv_general_dilated(
-        x, w, (stride, stride), ((padding, padding), (padding, padding)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-# Kernel rows (or columns) that reach input phase a through tap t, for the input gradient
-# of a 4x4 stride-2 padding-1 convolution: dx[2m] = dy[m-1] w[3] + dy[m] w[1],
-# dx[2m+1] = dy[m] w[2] + dy[m+1] w[0].
-_S2_TAPS = np.array([[3, 1], [2, 0]])
-
-
-@jax.custom_vjp
-def conv4x4_s2(x: jax.Array, w: jax.Array) -> jax.Array:
-    """4x4 convolution, stride 2, padding 1 (the discriminator's downsampling conv).
-
-    Forward and weight gradient as usual; the input gradient (a transposed convolution,
-    which XLA:CPU runs as a convolution over a zero-dilated input, 4x the work) is computed
-    like `upsample_conv3x3`: one matmul over 2x2 patches of the output gradient gives the
-    four phases of the input gradient.
-    """
-    return _plain_conv(x, w, 2, 1)
-
-
-def _conv4x4_s2_fwd(x, w):
-    return _plain_conv(x, w, 2, 1), (x, w)
-
-
-def _conv4x4_s2_bwd(res, dy):
-    x, w = res
-    _, w_vjp = jax.vjp(lambda w: _plain_conv(x, w, 2, 1), w)
-    (dw,) = w_vjp(dy)
-    wt = jnp.swapaxes(w, 2, 3)  # (kh, kw, cout, cin)
-    t = _S2_TAPS
-    k = wt[t[:, None, :, None], t[None, :, None, :]]  # (a, b, tap row, tap col, cout, cin)
-    cout, cin = wt.shape[2], wt.shape[3]
-    k = k.transpose(2, 3, 4, 0, 1, 5).reshape(4 * cout, 4 * cin).astype(dy.dtype)
-    dx = _phase_matmul(dy, k, cin)
-    return dx.astype(x.dtype), dw
-
-
-conv4x4_s2.defvjp(_conv4x4_s2_fwd, _conv4x4_s2_bwd)
-
-
 class _SNWeight(nnx.Module):
     """Mixin: a `kernel` Param, optionally spectrally normalised through a SpectralU `u`."""
 
@@ -231,8 +84,18 @@ class _SNWeight(nnx.Module):
 class SNConv(_SNWeight):
     """Conv with explicit symmetric padding (the same as torch's `padding=`), HWIO kernel."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, *,
-                 spectral_norm: bool, rngs: nnx.Rngs, dtype=None):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        padding: int,
+        *,
+        spectral_norm: bool,
+        rngs: nnx.Rngs,
+        dtype=None,
+    ):
         self.kernel = nnx.Param(torch_default_init(rngs.params(), (kernel, kernel, cin, cout)))
         self.bias = nnx.Param(jnp.zeros((cout,)))
         self.stride = stride
@@ -266,13 +129,6 @@ class SNEmbed(_SNWeight):
         return jnp.take(self.weight(update_sn), y, axis=0)
 
 
-def upsample2x(x: jax.Array) -> jax.Array:
-    """Nearest-neighbour 2x upsampling of NHWC images."""
-    b, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-    return x.reshape(b, 2 * h, 2 * w, c)
-
-
 class ClassBatchNorm(nnx.BatchNorm):
     """BatchNorm whose scale and shift also depend on the class (conditional BN, as in
     SNGAN-projection / BigGAN): BN(x) * (1 + gain[y]) + bias[y].
@@ -287,8 +143,7 @@ class ClassBatchNorm(nnx.BatchNorm):
         super().__init__(n, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
         self.conditional = conditional
         if conditional:
-            self.class_affine = nnx.Embed(n_classes, 2 * n, embedding_init=nnx.initializers.zeros,
-                                          rngs=rngs)
+            self.class_affine = nnx.Embed(n_classes, 2 * n, embedding_init=nnx.initializers.zeros, rngs=rngs)
 
     def __call__(self, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
         h = super().__call__(x, use_running_average=not train)
@@ -307,10 +162,8 @@ class UpBlock(nnx.Module):
     called.
     """
 
-    def __init__(self, cin: int, cout: int, n_classes: int, conditional_bn: bool, *,
-                 rngs: nnx.Rngs, dtype=None):
-        self.conv = nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)),
-                             kernel_init=torch_default_init, rngs=rngs)
+    def __init__(self, cin: int, cout: int, n_classes: int, conditional_bn: bool, *, rngs: nnx.Rngs, dtype=None):
+        self.conv = nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)), kernel_init=torch_default_init, rngs=rngs)
         self.bn = ClassBatchNorm(cout, n_classes, conditional_bn, rngs=rngs)
         self.dtype = dtype
 
@@ -331,22 +184,31 @@ class Generator(nnx.Module):
     `train=False` uses the running statistics, so each sample depends only on its (z, y).
     """
 
-    def __init__(self, z_dim: int, n_classes: int, g_channels: Sequence[int],
-                 out_channels: int, *, rngs: nnx.Rngs, dtype=None, conditional_bn: bool = False):
+    def __init__(
+        self,
+        z_dim: int,
+        n_classes: int,
+        g_channels: Sequence[int],
+        out_channels: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype=None,
+        conditional_bn: bool = False,
+    ):
         g_channels = tuple(int(c) for c in g_channels)
         self.dtype = dtype
         self.z_dim, self.n_classes, self.c0 = z_dim, n_classes, g_channels[0]
         self.embed = nnx.Embed(n_classes, z_dim, embedding_init=embed_init, rngs=rngs)
-        self.fc = nnx.Linear(2 * z_dim, 16 * g_channels[0], kernel_init=torch_default_init,
-                             rngs=rngs)
+        self.fc = nnx.Linear(2 * z_dim, 16 * g_channels[0], kernel_init=torch_default_init, rngs=rngs)
         self.bn0 = ClassBatchNorm(g_channels[0], n_classes, conditional_bn, rngs=rngs)
         blocks, cin = [], g_channels[0]
         for c in g_channels:
             blocks.append(UpBlock(cin, c, n_classes, conditional_bn, rngs=rngs, dtype=dtype))
             cin = c
         self.blocks = nnx.List(blocks)
-        self.out = nnx.Conv(cin, out_channels, (3, 3), padding=((1, 1), (1, 1)),
-                            kernel_init=torch_default_init, rngs=rngs)
+        self.out = nnx.Conv(
+            cin, out_channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=torch_default_init, rngs=rngs
+        )
 
     def __call__(self, z: jax.Array, y: jax.Array, *, train: bool) -> jax.Array:
         h = self.fc(jnp.concatenate([z, self.embed(y)], axis=-1))
@@ -360,10 +222,8 @@ class Generator(nnx.Module):
 
 class DownBlock(nnx.Module):
     def __init__(self, cin: int, cout: int, *, spectral_norm: bool, rngs: nnx.Rngs, dtype=None):
-        self.conv1 = SNConv(cin, cout, 3, 1, 1, spectral_norm=spectral_norm, rngs=rngs,
-                            dtype=dtype)
-        self.conv2 = SNConv(cout, cout, 4, 2, 1, spectral_norm=spectral_norm, rngs=rngs,
-                            dtype=dtype)
+        self.conv1 = SNConv(cin, cout, 3, 1, 1, spectral_norm=spectral_norm, rngs=rngs, dtype=dtype)
+        self.conv2 = SNConv(cout, cout, 4, 2, 1, spectral_norm=spectral_norm, rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array, update_sn: bool) -> jax.Array:
         x = jax.nn.leaky_relu(self.conv1(x, update_sn), 0.1)
@@ -378,12 +238,19 @@ class Discriminator(nnx.Module):
     embedding when enabled; `update_sn=True` (training) runs one power iteration per layer.
     """
 
-    def __init__(self, in_channels: int, n_classes: int, d_channels: Sequence[int],
-                 spectral_norm: bool, *, rngs: nnx.Rngs, dtype=None):
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        d_channels: Sequence[int],
+        spectral_norm: bool,
+        *,
+        rngs: nnx.Rngs,
+        dtype=None,
+    ):
         blocks, cin = [], in_channels
         for c in d_channels:
-            blocks.append(DownBlock(cin, int(c), spectral_norm=spectral_norm, rngs=rngs,
-                                    dtype=dtype))
+            blocks.append(DownBlock(cin, int(c), spectral_norm=spectral_norm, rngs=rngs, dtype=dtype))
             cin = int(c)
         self.blocks = nnx.List(blocks)
         self.lin = SNLinear(cin, 1, spectral_norm=spectral_norm, rngs=rngs)
@@ -404,11 +271,26 @@ def build_networks(cfg: GanConfig, key: jax.Array) -> tuple[Generator, Discrimin
     """Fresh G and D for a GanConfig, initialised from `key` (parameters always float32)."""
     kg, kd = jax.random.split(key)
     dtype = COMPUTE_DTYPES[cfg.compute_dtype]
-    g = Generator(cfg.z_dim, cfg.n_classes, cfg.g_channels, cfg.channels,
-                  rngs=nnx.Rngs(params=kg), dtype=dtype, conditional_bn=cfg.conditional_bn)
-    d = Discriminator(cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm,
-                      rngs=nnx.Rngs(params=kd), dtype=dtype)
+    g = Generator(
+        cfg.z_dim,
+        cfg.n_classes,
+        cfg.g_channels,
+        cfg.channels,
+        rngs=nnx.Rngs(params=kg),
+        dtype=dtype,
+        conditional_bn=cfg.conditional_bn,
+    )
+    d = Discriminator(
+        cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm, rngs=nnx.Rngs(params=kd), dtype=dtype
+    )
     return g, d
+
+
+@functools.lru_cache(maxsize=8)
+def graphdefs(cfg: GanConfig):
+    """(graphdef of G, graphdef of D) for a GanConfig, without allocating weights."""
+    g_abs, d_abs = nnx.eval_shape(lambda: build_networks(cfg, jax.random.key(0)))
+    return nnx.graphdef(g_abs), nnx.graphdef(d_abs)
 
 
 def count_params(module: nnx.Module) -> int:

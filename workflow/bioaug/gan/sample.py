@@ -1,9 +1,10 @@
-"""The exported EMA generator: writing it, loading it, and drawing tiles from it.
+"""The exported EMA generator: its BatchNorm recalibration, writing, loading, sampling.
 
 A generator directory holds `generator.json` (everything needed to rebuild the network)
-and `state/` (Orbax: EMA parameters + recalibrated BatchNorm statistics). Sampling runs the
-generator in eval mode, so tile i depends only on (seeds[i], class): the same seed gives
-the same tile whatever the batch size or its position in the batch.
+and `state/` (Orbax: EMA parameters + BatchNorm statistics recalibrated for the EMA
+weights by `recalibrate_batch_stats`). Sampling runs the generator in eval mode
+(`eval_forward`), so tile i depends only on (seeds[i], class): the same seed gives the same
+tile whatever the batch size or its position in the batch.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +26,10 @@ from bioaug.runtime import BioaugError
 
 from .networks import Generator
 
+RECALIBRATION_BATCHES = 16
 GENERATOR_FORMAT = "bioaug-gan-generator"
 GENERATOR_VERSION = 1
-_INT32 = (-(2 ** 31), 2 ** 31 - 1)
+_INT32 = (-(2**31), 2**31 - 1)
 
 
 def eval_forward(graphdef, params, batch_stats, z, y) -> jax.Array:
@@ -44,17 +47,60 @@ def make_eval_forward(graphdef) -> Callable:
 @functools.lru_cache(maxsize=8)
 def _make_seed_forward(graphdef, z_dim: int) -> Callable:
     """Jitted (params, batch_stats, seeds, y) -> images; z is drawn from the seeds inside."""
-    return jax.jit(lambda params, stats, seeds, y:
-                   eval_forward(graphdef, params, stats, z_from_seeds(seeds, z_dim), y))
+    return jax.jit(lambda params, stats, seeds, y: eval_forward(graphdef, params, stats, z_from_seeds(seeds, z_dim), y))
 
 
-def abstract_generator(z_dim: int, n_classes: int, g_channels, out_channels: int,
-                       conditional_bn: bool = False):
+def abstract_generator(z_dim: int, n_classes: int, g_channels, out_channels: int, conditional_bn: bool = False):
     """(graphdef, abstract params, abstract batch stats) without allocating weights."""
-    g = nnx.eval_shape(lambda: Generator(z_dim, n_classes, g_channels, out_channels,
-                                         rngs=nnx.Rngs(0), conditional_bn=conditional_bn))
+    g = nnx.eval_shape(
+        lambda: Generator(z_dim, n_classes, g_channels, out_channels, rngs=nnx.Rngs(0), conditional_bn=conditional_bn)
+    )
     graphdef, params, stats = nnx.split(g, nnx.Param, nnx.BatchStat)
     return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
+
+
+def recalibrate_batch_stats(
+    graphdef,
+    params,
+    batch_stats,
+    *,
+    key: jax.Array,
+    classes,
+    batch_size: int,
+    z_dim: int,
+    n_batches: int = RECALIBRATION_BATCHES,
+):
+    """Exact BatchNorm statistics for generator weights `params` (e.g. the EMA ones).
+
+    Runs the generator in training mode on `n_batches` batches of random z and
+    class-uniform y (from `classes`) and returns running mean/var set to the averages of
+    the per-batch means and variances. `batch_stats` only gives the structure.
+    """
+    g = nnx.merge(graphdef, params, batch_stats, copy=True)  # wraps arrays, no compute
+    for _, node in nnx.iter_graph(g):
+        if isinstance(node, nnx.BatchNorm):
+            node.momentum = 0.0  # running stats := this batch's stats
+    run = _recalibration_fn(nnx.graphdef(g), batch_size, z_dim)
+    template = jax.tree.map(jnp.zeros_like, batch_stats)
+    return run(params, template, jnp.asarray(classes, jnp.int32), jax.random.split(key, n_batches))
+
+
+@functools.lru_cache(maxsize=8)
+def _recalibration_fn(graphdef0, batch_size: int, z_dim: int):
+    def one_batch(params, template, classes, k):
+        kz, ky = jax.random.split(k)
+        z = jax.random.normal(kz, (batch_size, z_dim))
+        y = classes[jax.random.randint(ky, (batch_size,), 0, classes.shape[0])]
+        m = nnx.merge(graphdef0, params, template)
+        m(z, y, train=True)
+        return nnx.to_pure_dict(nnx.state(m, nnx.BatchStat))
+
+    @jax.jit
+    def run(params, template, classes, keys):
+        stats = jax.lax.map(lambda k: one_batch(params, template, classes, k), keys)
+        return jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+
+    return run
 
 
 def write_generator(directory: Path, params, batch_stats, meta: dict[str, Any]) -> None:
@@ -64,8 +110,9 @@ def write_generator(directory: Path, params, batch_stats, meta: dict[str, Any]) 
     # Written by one process (in a multi-process run, process 0 alone exports): Orbax's
     # default would wait at a barrier for all processes and hang.
     me = jax.process_index()
-    ckptr = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
-        primary_host=me, active_processes={me}))
+    ckptr = ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    )
     try:
         # as numpy: Orbax refuses host-local jax arrays where several processes exist
         state = jax.tree.map(np.asarray, {"params": params, "batch_stats": batch_stats})
@@ -130,25 +177,37 @@ def load_generator(generator_dir: Path) -> GeneratorHandle:
     if meta.get("format") != GENERATOR_FORMAT:
         raise BioaugError(f"{meta_path}: not a bioaug generator (format {meta.get('format')!r})")
     if meta.get("version") != GENERATOR_VERSION:
-        raise BioaugError(f"{meta_path}: generator format version {meta.get('version')!r}, "
-                          f"this bioaug reads version {GENERATOR_VERSION}")
+        raise BioaugError(
+            f"{meta_path}: generator format version {meta.get('version')!r}, "
+            f"this bioaug reads version {GENERATOR_VERSION}"
+        )
     try:
         graphdef, params, stats = abstract_generator(
-            int(meta["z_dim"]), int(meta["n_classes"]), meta["g_channels"], int(meta["out_channels"]),
-            bool(meta.get("conditional_bn", False)))
+            int(meta["z_dim"]),
+            int(meta["n_classes"]),
+            meta["g_channels"],
+            int(meta["out_channels"]),
+            bool(meta.get("conditional_bn", False)),
+        )
     except KeyError as e:
         raise BioaugError(f"{meta_path}: missing field {e}") from None
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                          {"params": params, "batch_stats": stats})
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), {"params": params, "batch_stats": stats}
+    )
     ckptr = ocp.StandardCheckpointer()
     try:
         restored = ckptr.restore(generator_dir / "state", target)
     finally:
         ckptr.close()
-    return GeneratorHandle(path=generator_dir, meta=meta, graphdef=graphdef,
-                           params=restored["params"], batch_stats=restored["batch_stats"],
-                           _forward=_make_seed_forward(graphdef, int(meta["z_dim"])))
+    return GeneratorHandle(
+        path=generator_dir,
+        meta=meta,
+        graphdef=graphdef,
+        params=restored["params"],
+        batch_stats=restored["batch_stats"],
+        _forward=_make_seed_forward(graphdef, int(meta["z_dim"])),
+    )
 
 
 def z_from_seeds(seeds: jax.Array, z_dim: int) -> jax.Array:
@@ -163,8 +222,7 @@ def _padded_batch_size(n: int, batch_size: int) -> int:
     return min(batch_size, max(8, 1 << (n - 1).bit_length()))
 
 
-def sample_tiles(gen: GeneratorHandle, class_index: int, seeds: np.ndarray,
-                 batch_size: int = 256) -> np.ndarray:
+def sample_tiles(gen: GeneratorHandle, class_index: int, seeds: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Draw one tile per seed for `class_index`: float32 (n, H, W, C) in [0, 1].
 
     Deterministic per seed (z_i = jax.random.normal(jax.random.key(int(seeds[i])), (z_dim,)),
@@ -172,8 +230,10 @@ def sample_tiles(gen: GeneratorHandle, class_index: int, seeds: np.ndarray,
     Batches are jitted with a fixed size; the last one is padded.
     """
     if not 0 <= int(class_index) < gen.n_classes:
-        raise BioaugError(f"class index {class_index} out of range for a generator with "
-                          f"{gen.n_classes} classes ({', '.join(gen.class_names)})")
+        raise BioaugError(
+            f"class index {class_index} out of range for a generator with "
+            f"{gen.n_classes} classes ({', '.join(gen.class_names)})"
+        )
     if batch_size < 1:
         raise BioaugError(f"generate.batch_size: must be >= 1, got {batch_size}")
     seeds = np.asarray(seeds).reshape(-1)
@@ -190,11 +250,10 @@ def sample_tiles(gen: GeneratorHandle, class_index: int, seeds: np.ndarray,
     out = np.empty((n, h, h, c), np.float32)
     y = jnp.full((bs,), int(class_index), jnp.int32)
     for lo in range(0, n, bs):
-        chunk = seeds[lo:lo + bs].astype(seed_dtype)
+        chunk = seeds[lo : lo + bs].astype(seed_dtype)
         m = chunk.size
         if m < bs:
             chunk = np.concatenate([chunk, np.zeros(bs - m, seed_dtype)])
         imgs = gen._forward(gen.params, gen.batch_stats, chunk, y)
-        out[lo:lo + m] = np.asarray(imgs)[:m]
+        out[lo : lo + m] = np.asarray(imgs)[:m]
     return out
-

@@ -61,15 +61,11 @@ def classification_metrics(y_true, y_pred, proba, class_names: Sequence[str]) ->
             "balanced_accuracy": None,
             "macro_f1": None,
             "macro_auc": None,
-            "per_class": {
-                name: {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0} for name in class_names
-            },
+            "per_class": {name: {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0} for name in class_names},
             "confusion_matrix": [[0] * k for _ in range(k)],
         }
 
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=all_labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=all_labels, zero_division=0)
     macro_auc = None
     if proba is not None and len(present) >= 2:
         # one-vs-rest per present class: each has positives and (>= 1 other present class) negatives
@@ -79,9 +75,7 @@ def classification_metrics(y_true, y_pred, proba, class_names: Sequence[str]) ->
         "class_names": class_names,
         "n": int(n),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(
-            recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
-        ),
+        "balanced_accuracy": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "macro_auc": macro_auc,
         "per_class": {

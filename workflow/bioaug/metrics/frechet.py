@@ -27,12 +27,14 @@ def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (each needs >= 2 rows)."""
     if len(features_a) < 2 or len(features_b) < 2:
         return float("nan")
-    return frechet_distance(features_a.mean(0), np.cov(features_a, rowvar=False),
-                            features_b.mean(0), np.cov(features_b, rowvar=False))
+    return frechet_distance(
+        features_a.mean(0), np.cov(features_a, rowvar=False), features_b.mean(0), np.cov(features_b, rowvar=False)
+    )
 
 
-def kid(features_a: np.ndarray, features_b: np.ndarray, n_subsets: int = 20, subset_size: int = 200,
-        seed: int = 0) -> float:
+def kid(
+    features_a: np.ndarray, features_b: np.ndarray, n_subsets: int = 20, subset_size: int = 200, seed: int = 0
+) -> float:
     """Unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets."""
     n = min(len(features_a), len(features_b), subset_size)
     if n < 2:

@@ -23,5 +23,9 @@ def memorisation_audit(train: np.ndarray, test: np.ndarray, synthetic: np.ndarra
     d_test, _ = nearest(train, test)
     d_syn, idx = nearest(train, synthetic)
     threshold = float(np.percentile(d_test, percentile))
-    return {"threshold": threshold, "distances": d_syn, "nearest_train": idx,
-            "near_copy_share": float((d_syn < threshold).mean()) if len(d_syn) else float("nan")}
+    return {
+        "threshold": threshold,
+        "distances": d_syn,
+        "nearest_train": idx,
+        "near_copy_share": float((d_syn < threshold).mean()) if len(d_syn) else float("nan"),
+    }

@@ -1,6 +1,8 @@
 """The tile shard format that every stage after tiling reads.
 
-A shard is three files with one prefix:
+Which source images go to which shard is decided here too (`shard_images`, `n_shards`), so
+the workflow's input functions and the tile stage agree. A shard is three files with one
+prefix:
   {prefix}.npy        float32 (N, H, W, C) tiles, values in [0, 1] (memory-mappable, so
                       training can stream rows without loading the shard)
   {prefix}.csv        one row per tile: tile_id, item_id, label, image (an item can have
@@ -12,32 +14,35 @@ re-tile anything.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .runtime import BioaugError, atomic_path
+from ..runtime import BioaugError, atomic_path
+from .items import class_names
+
+META_COLUMNS = ["tile_id", "item_id", "label", "image"]
+NORM_COLUMNS = ["image", "channel", "low", "high"]
+
+
+def shard_images(index: pd.DataFrame, shard_size: int, shard: int | None = None):
+    """Source images of every shard (or of one shard): sorted, then cut into blocks."""
+    images = sorted(index["image"].unique())
+    blocks = [images[i : i + shard_size] for i in range(0, len(images), shard_size)]
+    return blocks if shard is None else blocks[shard]
+
+
+def n_shards(index: pd.DataFrame, shard_size: int) -> int:
+    return math.ceil(index["image"].nunique() / shard_size)
 
 
 def shard_files(npy_path: str | Path) -> tuple[Path, Path, Path]:
     npy_path = Path(npy_path)
     stem = npy_path.with_suffix("")
     return npy_path, stem.with_suffix(".csv"), Path(f"{stem}.norm.csv")
-
-
-def write_shard(npy_path, tiles: np.ndarray, meta: pd.DataFrame, norm: pd.DataFrame) -> None:
-    npy, csv, norm_csv = shard_files(npy_path)
-    if len(tiles) != len(meta):
-        raise ValueError(f"{npy}: {len(tiles)} tiles but {len(meta)} metadata rows")
-    # Metadata first, tiles last: the .npy is the declared output Snakemake checks.
-    with atomic_path(norm_csv) as tmp:
-        norm.to_csv(tmp, index=False)
-    with atomic_path(csv) as tmp:
-        meta.to_csv(tmp, index=False)
-    with atomic_path(npy) as tmp:
-        np.save(tmp, tiles.astype(np.float32, copy=False))
 
 
 class ShardWriter:
@@ -73,11 +78,15 @@ class ShardWriter:
         with atomic_path(norm_csv) as tmp:
             norm.to_csv(tmp, index=False)
         with atomic_path(csv) as tmp:
-            pd.DataFrame(self.meta, columns=["tile_id", "item_id", "label", "image"]).to_csv(tmp, index=False)
+            pd.DataFrame(self.meta, columns=META_COLUMNS).to_csv(tmp, index=False)
         with atomic_path(npy) as tmp:
             # .npy header, then the raw bytes copied through a small buffer: no memory map,
             # whose touched pages would count as resident memory.
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": shape}
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                "fortran_order": False,
+                "shape": shape,
+            }
             with open(tmp, "wb") as out, open(self._raw_path, "rb") as raw:
                 np.lib.format.write_array_header_1_0(out, header)
                 shutil.copyfileobj(raw, out, length=16 * 1024 * 1024)
@@ -95,7 +104,7 @@ def select_tiles(shard_npys, items: pd.DataFrame, splits=("train",)):
     parts, rows = [], []
     for npy in shard_npys:
         npy, csv, _ = shard_files(npy)
-        meta = pd.read_csv(csv)
+        meta = read_shard_table(csv)
         meta["row"] = np.arange(len(meta))
         sel = meta.merge(wanted, on="item_id", how="inner")
         if len(sel):
@@ -115,6 +124,6 @@ def load_tiles(shard_npys, items: pd.DataFrame, splits=("train",)) -> tuple[np.n
     return np.concatenate([np.asarray(arr[idx]) for arr, idx in parts]), y, table
 
 
-def class_names(items: pd.DataFrame) -> list[str]:
-    """The class order used everywhere: sorted labels."""
-    return sorted(items["label"].astype(str).unique())
+def read_shard_table(csv_path: str | Path) -> pd.DataFrame:
+    """A shard's tile table (tile_id, item_id, label, image), ids and labels as text."""
+    return pd.read_csv(csv_path, dtype={c: str for c in META_COLUMNS})

@@ -1,4 +1,4 @@
-"""Uncertainty and verdicts: does a GAN arm help a class, compared with the best alternative?
+"""The verdict rule: uncertainty and verdicts: does a GAN arm help a class, compared with the best alternative?
 
 Intervals come from a two-level bootstrap: each resample draws the seeds (with replacement)
 and the test tiles (with replacement), and averages the per-seed metric over the drawn seeds.
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from .arms import uses_gan
 
 VERDICT_METRIC = "f1"
 
@@ -41,27 +43,26 @@ def bootstrap_indices(n_seeds: int, n_items: int, n_boot: int, seed: int = 0) ->
     return rng.integers(0, n_seeds, (n_boot, n_seeds)), rng.integers(0, n_items, (n_boot, n_items))
 
 
-def arm_bootstrap(y_true: np.ndarray, preds: np.ndarray, n_classes: int, seed_idx: np.ndarray,
-                  item_idx: np.ndarray) -> dict[str, np.ndarray]:
+def arm_bootstrap(
+    y_true: np.ndarray, preds: np.ndarray, n_classes: int, seed_idx: np.ndarray, item_idx: np.ndarray
+) -> dict[str, np.ndarray]:
     """Per resample and class, the seed-averaged metric: arrays of shape (n_boot, n_classes).
 
     preds: (n_seeds, n_items) predictions of one arm on the common test tiles.
     """
-    yt = y_true[item_idx]                                      # (B, n)
+    yt = y_true[item_idx]  # (B, n)
     out = {m: np.zeros((len(item_idx), n_classes)) for m in ("recall", "precision", "f1")}
     for s in range(preds.shape[0]):
-        scores = per_class_scores(yt, preds[s][item_idx], n_classes)   # (B, C) for seed s
+        scores = per_class_scores(yt, preds[s][item_idx], n_classes)  # (B, C) for seed s
         weight = (seed_idx == s).sum(1, keepdims=True) / seed_idx.shape[1]
         for m in out:
             out[m] += weight * scores[m]
     return out
 
 
-def summarise_arms(results: list[dict], class_names: list[str], n_boot: int = 1000, seed: int = 0):
+def summarise_arms(results: list[dict], class_names: list[str], n_boot: int, seed: int = 0):
     """From per-(arm, seed) metric dicts with per-tile predictions: the per-arm table with
     intervals, and the per-class verdicts of every GAN arm. Returns (arm_table, verdicts)."""
-    from .evaluate import uses_gan
-
     k = len(class_names)
     arms = sorted({r["arm"] for r in results})
     by_arm = {a: sorted((r for r in results if r["arm"] == a), key=lambda r: r["seed"]) for a in arms}
@@ -77,8 +78,10 @@ def summarise_arms(results: list[dict], class_names: list[str], n_boot: int = 10
     seed_idx, item_idx = bootstrap_indices(len(seeds[0]), len(y_true), n_boot, seed)
     preds = {a: np.array([r["y_pred"] for r in by_arm[a]]) for a in arms}
     boot = {a: arm_bootstrap(y_true, preds[a], k, seed_idx, item_idx) for a in arms}
-    point = {a: {m: per_class_scores(y_true[None, :], preds[a], k)[m].mean(0) for m in ("recall", "precision", "f1")}
-             for a in arms}
+    point = {
+        a: {m: per_class_scores(y_true[None, :], preds[a], k)[m].mean(0) for m in ("recall", "precision", "f1")}
+        for a in arms
+    }
 
     rows = []
     for a in arms:
@@ -91,11 +94,20 @@ def summarise_arms(results: list[dict], class_names: list[str], n_boot: int = 10
             rows.append(row)
         macro = np.mean(boot[a]["f1"], axis=1)
         lo, hi = np.percentile(macro, [2.5, 97.5])
-        rows.append({"arm": a, "class": "(macro)", "n_seeds": len(by_arm[a]),
-                     "mean_seconds_per_model": float(np.mean(secs)), "f1": point[a]["f1"].mean(),
-                     "f1_lo": lo, "f1_hi": hi, "recall": point[a]["recall"].mean(),
-                     "recall_lo": np.percentile(boot[a]["recall"].mean(1), 2.5),
-                     "recall_hi": np.percentile(boot[a]["recall"].mean(1), 97.5)})
+        rows.append(
+            {
+                "arm": a,
+                "class": "(macro)",
+                "n_seeds": len(by_arm[a]),
+                "mean_seconds_per_model": float(np.mean(secs)),
+                "f1": point[a]["f1"].mean(),
+                "f1_lo": lo,
+                "f1_hi": hi,
+                "recall": point[a]["recall"].mean(),
+                "recall_lo": np.percentile(boot[a]["recall"].mean(1), 2.5),
+                "recall_hi": np.percentile(boot[a]["recall"].mean(1), 97.5),
+            }
+        )
     arm_table = pd.DataFrame(rows)
 
     verdicts = []
@@ -110,8 +122,16 @@ def summarise_arms(results: list[dict], class_names: list[str], n_boot: int = 10
             diff = boot[g][VERDICT_METRIC][:, c] - boot[base][VERDICT_METRIC][:, c]
             lo, hi = np.percentile(diff, [2.5, 97.5])
             verdict = "helps" if lo > 0 else "hurts" if hi < 0 else "no evidence"
-            verdicts.append({**row, "baseline_arm": base, "gan_f1": point[g][VERDICT_METRIC][c],
-                             "baseline_f1": point[base][VERDICT_METRIC][c],
-                             "difference": point[g][VERDICT_METRIC][c] - point[base][VERDICT_METRIC][c],
-                             "diff_lo": lo, "diff_hi": hi, "verdict": verdict})
+            verdicts.append(
+                {
+                    **row,
+                    "baseline_arm": base,
+                    "gan_f1": point[g][VERDICT_METRIC][c],
+                    "baseline_f1": point[base][VERDICT_METRIC][c],
+                    "difference": point[g][VERDICT_METRIC][c] - point[base][VERDICT_METRIC][c],
+                    "diff_lo": lo,
+                    "diff_hi": hi,
+                    "verdict": verdict,
+                }
+            )
     return arm_table, pd.DataFrame(verdicts)

@@ -27,15 +27,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import safe_name
-from .images import IMAGE_SUFFIXES, NPZ_SEPARATOR, validate_image
-from .runtime import BioaugError, progress
+from ..formats.images import IMAGE_SUFFIXES, NPZ_SEPARATOR, validate_image
+from ..formats.items import ITEM_COLUMNS, REJECTED_COLUMNS, safe_name, write_items, write_rejected
+from ..runtime import BioaugError, progress
 
 log = logging.getLogger("bioaug.index")
-REJECTED_COLUMNS = ["input", "reason"]
-ITEM_COLUMNS = ["item_id", "image", "group", "label", "kind", "x", "y", "xmin", "ymin", "xmax", "ymax"]
 BOX_COLUMNS = ["xmin", "ymin", "xmax", "ymax"]
 NPZ_SPLITS = {"train": "train", "val": "val", "test": "test"}
+
+
+def run(data_dir, reading: dict, tiles: dict, index_csv, rejected_csv) -> None:
+    """The index stage: items of the dataset in `data_dir` to index.csv, the rest to rejected.csv."""
+    items, rejected = index_dataset(data_dir, reading, tiles)
+    write_rejected(rejected, rejected_csv)
+    write_items(items, index_csv)
 
 
 class BadInputs:
@@ -49,7 +54,9 @@ class BadInputs:
 
     def __call__(self, input_ref: str, reason: str) -> None:
         if self.mode == "error":
-            raise BioaugError(f"{input_ref}: {reason} (set on_bad_input: skip to list such inputs in rejected.csv instead)")
+            raise BioaugError(
+                f"{input_ref}: {reason} (set on_bad_input: skip to list such inputs in rejected.csv instead)"
+            )
         self.rows.append({"input": input_ref, "reason": reason})
 
     def unused(self, input_ref: str, reason: str) -> None:
@@ -75,7 +82,9 @@ def _read_csv(path: Path, needed: list[str], columns: dict) -> pd.DataFrame:
     table = table.rename(columns={v: k for k, v in (columns or {}).items()})
     missing = [c for c in needed if c not in table.columns]
     if missing:
-        raise BioaugError(f"{path}: missing column(s) {missing}; this format needs {needed} (map names with `columns:`)")
+        raise BioaugError(
+            f"{path}: missing column(s) {missing}; this format needs {needed} (map names with `columns:`)"
+        )
     if table.empty:
         raise BioaugError(f"{path}: no annotations")
     table["source"] = [f"{path.name}:{i + 2}" for i in range(len(table))]  # +2: header, 1-based lines
@@ -113,8 +122,11 @@ def read_voc(root: Path, cfg: dict) -> pd.DataFrame:
         filename = (node.findtext("filename") or "").strip() or xml.stem + ".jpg"
         for k, obj in enumerate(node.findall("object")):
             box = obj.find("bndbox")
-            row = {"source": f"{ref}#object{k}", "image": str(Path(images) / filename),
-                   "label": (obj.findtext("name") or "").strip()}
+            row = {
+                "source": f"{ref}#object{k}",
+                "image": str(Path(images) / filename),
+                "label": (obj.findtext("name") or "").strip(),
+            }
             try:
                 row.update({c: float(box.findtext(c)) for c in BOX_COLUMNS})
             except (AttributeError, TypeError, ValueError):
@@ -157,7 +169,9 @@ def read_npz(root: Path, cfg: dict) -> pd.DataFrame:
         labels = np.asarray(arrays[f"{split}_labels"]).reshape(len(arrays[f"{split}_labels"]), -1)
         n_images = arrays[f"{split}_images"].shape[0]
         if labels.shape[1] != 1 or len(labels) != n_images:
-            raise BioaugError(f"{path}: {split}_labels must hold one label per image ({n_images}), got shape {labels.shape}")
+            raise BioaugError(
+                f"{path}: {split}_labels must hold one label per image ({n_images}), got shape {labels.shape}"
+            )
         for i, lab in enumerate(labels[:, 0]):
             ref = f"{cfg['annotations']}{NPZ_SEPARATOR}{split}_images/{i}"
             rows.append({"source": ref, "image": ref, "label": str(lab), "source_split": NPZ_SPLITS[split]})
@@ -168,8 +182,13 @@ def read_npz(root: Path, cfg: dict) -> pd.DataFrame:
     return table
 
 
-READERS = {"points": read_points, "boxes_csv": read_boxes_csv, "voc": read_voc,
-           "class_folders": read_class_folders, "npz": read_npz}
+READERS = {
+    "points": read_points,
+    "boxes_csv": read_boxes_csv,
+    "voc": read_voc,
+    "class_folders": read_class_folders,
+    "npz": read_npz,
+}
 
 
 def _rel(root: Path, cfg: dict, image) -> str:
@@ -199,7 +218,11 @@ def _geometry_problem(row, h: int, w: int, tiles: dict) -> str | None:
         if xmin < 0 or ymin < 0 or xmax > w or ymax > h:
             return f"box ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) extends outside the {w}x{h} image"
     if row["kind"] in ("point", "box") and tiles.get("border") == "skip":
-        cx, cy = (row["x"], row["y"]) if row["kind"] == "point" else ((row["xmin"] + row["xmax"]) / 2, (row["ymin"] + row["ymax"]) / 2)
+        cx, cy = (
+            (row["x"], row["y"])
+            if row["kind"] == "point"
+            else ((row["xmin"] + row["xmax"]) / 2, (row["ymin"] + row["ymax"]) / 2)
+        )
         half = size / 2
         if cx - half < 0 or cy - half < 0 or cx + half > w or cy + half > h:
             return f"the {size} px tile around ({cx:g}, {cy:g}) crosses the image border (tiles.border: skip)"
@@ -276,8 +299,13 @@ def index_dataset(root: str | Path, dataset_cfg: dict, tiles: dict | None = None
     extra = ["source_split"] if "source_split" in items.columns else []
     items = items[ITEM_COLUMNS + extra]
     rejected = bad.table()
-    log.info("%d items in %d images, classes %s; %d inputs rejected", len(items), items["image"].nunique(),
-             items["label"].value_counts().to_dict(), len(rejected))
+    log.info(
+        "%d items in %d images, classes %s; %d inputs rejected",
+        len(items),
+        items["image"].nunique(),
+        items["label"].value_counts().to_dict(),
+        len(rejected),
+    )
     return items, rejected
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime import BioaugError
+from ..runtime import BioaugError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -46,7 +46,7 @@ class ImageSource:
         h, w, c = self.array.shape
         return h, w, len(self.channels) if self.channels is not None else c
 
-    def _select(self, arr: np.ndarray, raw: bool = False) -> np.ndarray:
+    def select_channels(self, arr: np.ndarray, raw: bool = False) -> np.ndarray:
         arr = arr[..., self.channels] if self.channels is not None else arr
         return np.asarray(arr) if raw else np.asarray(arr, dtype=np.float32)
 
@@ -58,21 +58,21 @@ class ImageSource:
         b, r = min(top + height, h), min(left + width, w)
         if b <= t or r <= l:
             raise BioaugError(f"{self.path}: region at ({left}, {top}) lies outside the {w}x{h} image")
-        arr = self._select(self.array[t:b, l:r])
+        arr = self.select_channels(self.array[t:b, l:r])
         pads = ((t - top, top + height - b), (l - left, left + width - r), (0, 0))
         if any(p for pair in pads for p in pair):
             arr = np.pad(arr, pads, mode="reflect" if min(arr.shape[:2]) > 1 else "edge")
         return arr
 
     def read(self) -> np.ndarray:
-        return self._select(self.array[:, :])
+        return self.select_channels(self.array[:, :])
 
     def sample(self, max_pixels: int = STATS_SAMPLE_PIXELS, raw: bool = False) -> np.ndarray:
         """The whole image, or a regular strided sample of it when it is large
         (in the file's own dtype when `raw`, else float32)."""
         h, w, _ = self.array.shape
         k = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
-        return self._select(self.array[::k, ::k], raw=raw)
+        return self.select_channels(self.array[::k, ::k], raw=raw)
 
 
 class MappedTiff:
@@ -95,8 +95,9 @@ class MappedTiff:
     def _rows(self, start: int, stop: int) -> np.ndarray:
         h, w, c = self.shape
         row_bytes = w * c * self.dtype.itemsize
-        mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset + start * row_bytes,
-                       shape=(stop - start, w, c))
+        mm = np.memmap(
+            self.path, dtype=self.dtype, mode="r", offset=self.offset + start * row_bytes, shape=(stop - start, w, c)
+        )
         return mm
 
     def __getitem__(self, key):
@@ -175,18 +176,6 @@ def open_image(path: str | Path, channels: list[int] | None = None) -> ImageSour
     return ImageSource(path_s, arr, channels)
 
 
-def read_image(path: str | Path, channels: list[int] | None = None) -> np.ndarray:
-    """Read a whole image as (H, W, C) float32, keeping only `channels` when given."""
-    src = open_image(path, channels)
-    try:
-        arr = src.read()
-    except Exception as err:
-        raise BioaugError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
-    if not np.isfinite(arr).all():
-        raise BioaugError(f"{path}: contains NaN or infinite pixel values")
-    return arr
-
-
 def validate_image(path: str | Path, channels: list[int] | None = None) -> tuple[int, int, int]:
     """Check that an image reads completely and is finite; return its (H, W, C).
 
@@ -198,7 +187,7 @@ def validate_image(path: str | Path, channels: list[int] | None = None) -> tuple
     floating = np.issubdtype(src.array.dtype, np.floating)
     try:
         for top in range(0, h, rows):
-            strip = src._select(src.array[top:top + rows], raw=True)  # reading it finds truncation
+            strip = src.select_channels(src.array[top : top + rows], raw=True)  # reading it finds truncation
             if floating and not np.isfinite(strip).all():
                 raise BioaugError(f"{path}: contains NaN or infinite pixel values")
     except BioaugError:
@@ -206,11 +195,6 @@ def validate_image(path: str | Path, channels: list[int] | None = None) -> tuple
     except Exception as err:  # truncated files fail here, when the pixels are read
         raise BioaugError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
     return h, w, c
-
-
-def image_shape(path: str | Path) -> tuple[int, int, int]:
-    """(H, W, C) of an image, reading as little as the format allows."""
-    return open_image(path).shape
 
 
 def _read_tiff(path: Path) -> np.ndarray:

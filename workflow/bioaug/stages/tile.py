@@ -1,6 +1,6 @@
 """Tile stage: fixed-size tiles with per-image, per-channel percentile normalisation.
 
-How an item becomes tiles depends on its kind (see annotations.py):
+How an item becomes tiles depends on its kind (see stages/index.py):
   point  one crop of tiles.size centred on the point
   box    one crop centred on the box (`context: fixed`), or the box itself plus a margin,
          made square and resized to the tile (`context: box`)
@@ -23,23 +23,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .images import open_image
-from .runtime import BioaugError, progress
+from ..formats.images import open_image
+from ..formats.items import read_items
+from ..formats.shards import NORM_COLUMNS, ShardWriter, shard_images
+from ..runtime import BioaugError, progress
 
-log = logging.getLogger("bioaug.tiling")
-TILE_DEFAULTS = {"context": "fixed", "box_margin": 0.25, "border": "reflect", "stride": None,
-                 "min_foreground": 0.0, "foreground_threshold": 0.25}
-
-
-def shard_images(index: pd.DataFrame, shard_size: int, shard: int | None = None):
-    """Source images of every shard (or of one shard): sorted, then cut into blocks."""
-    images = sorted(index["image"].unique())
-    blocks = [images[i:i + shard_size] for i in range(0, len(images), shard_size)]
-    return blocks if shard is None else blocks[shard]
+log = logging.getLogger("bioaug.tile")
 
 
-def n_shards(index: pd.DataFrame, shard_size: int) -> int:
-    return math.ceil(index["image"].nunique() / shard_size)
+def run(data_dir, index_csv, shard: int, cfg: dict, out_npy) -> int:
+    """The tile stage: tile shard `shard` of the dataset (tiles.shard_size source images)."""
+    index = read_items(index_csv)
+    return tile_shard(data_dir, index, shard_images(index, cfg["shard_size"], shard), cfg, out_npy)
 
 
 def percentile_stats(sample: np.ndarray, low_pct: float, high_pct: float) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +69,7 @@ def apply_stats(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.clip((x - low) / scale, 0.0, 1.0).astype(np.float32)
 
 
-def _gather_crops(src, xs: np.ndarray, ys: np.ndarray, size: int) -> np.ndarray:
+def gather_crops(src, xs: np.ndarray, ys: np.ndarray, size: int) -> np.ndarray:
     """Crops of an in-memory image source: interior ones in one strided gather on the raw
     pixels, the few that reach past the border through the reflect-padding region reader."""
     h, w, _ = src.array.shape
@@ -83,7 +78,7 @@ def _gather_crops(src, xs: np.ndarray, ys: np.ndarray, size: int) -> np.ndarray:
     inside = (tops >= 0) & (lefts >= 0) & (tops + size <= h) & (lefts + size <= w)
     out = np.empty((len(xs), size, size, src.shape[-1]), np.float32)
     if inside.any():
-        raw = src._select(src.array, raw=True)
+        raw = src.select_channels(src.array, raw=True)
         windows = np.lib.stride_tricks.sliding_window_view(raw, (size, size), axis=(0, 1))  # (H', W', C, s, s)
         out[inside] = windows[tops[inside], lefts[inside]].transpose(0, 2, 3, 1)
     for i in np.flatnonzero(~inside):
@@ -130,8 +125,7 @@ def _item_tiles(src, row, cfg: dict, low, high):
             fg = (cols[np.array(lefts) + size] - cols[lefts]) / (size * size)
             keep = np.flatnonzero(fg >= cfg["min_foreground"])
             if len(keep):
-                yield ([f"_w{r * len(lefts) + j}" for j in keep],
-                       [strip[:, lefts[j]:lefts[j] + size] for j in keep])
+                yield ([f"_w{r * len(lefts) + j}" for j in keep], [strip[:, lefts[j] : lefts[j] + size] for j in keep])
     else:
         raise BioaugError(f"item {row['item_id']}: unknown kind {kind!r}")
 
@@ -143,29 +137,34 @@ def iter_tiles(root: str | Path, index: pd.DataFrame, images: list[str], cfg: di
     streamed to disk with bounded memory.
     """
     root = Path(root)
-    cfg = {**TILE_DEFAULTS, **cfg}
     low_pct, high_pct = cfg["percentiles"]
     wanted = set(images)
     by_image = {img: rows for img, rows in index[index["image"].isin(wanted)].groupby("image", sort=False)}
     n_empty = 0
     channels = None
     for image in progress(images, desc="tiling"):
-        src = open_image(root / image, cfg.get("channels"))
+        src = open_image(root / image, cfg["channels"])
         if channels is None:
             channels = src.shape[-1]
         elif src.shape[-1] != channels:
-            raise BioaugError(f"{root / image}: has {src.shape[-1]} channel(s), other images in this shard have "
-                              f"{channels}; choose common channels with tiles.channels")
+            raise BioaugError(
+                f"{root / image}: has {src.shape[-1]} channel(s), other images in this shard have "
+                f"{channels}; choose common channels with tiles.channels"
+            )
         low, high = percentile_stats(src.sample(raw=True), low_pct, high_pct)
         if stats is not None:
-            stats.extend({"image": image, "channel": c, "low": lo, "high": hi} for c, (lo, hi) in enumerate(zip(low, high)))
+            stats.extend(
+                {"image": image, "channel": c, "low": lo, "high": hi} for c, (lo, hi) in enumerate(zip(low, high))
+            )
         rows = by_image[image]
         fixed = (rows["kind"] == "point") | ((rows["kind"] == "box") & (cfg["context"] == "fixed"))
         if fixed.all() and isinstance(src.array, np.ndarray):
             # The common case, in one gather: every object of an in-memory image at once.
-            raw = _gather_crops(src, rows["x"].to_numpy(), rows["y"].to_numpy(), cfg["size"])
-            meta = [{"tile_id": i, "item_id": i, "label": lab, "image": image}
-                    for i, lab in zip(rows["item_id"], rows["label"])]
+            raw = gather_crops(src, rows["x"].to_numpy(), rows["y"].to_numpy(), cfg["size"])
+            meta = [
+                {"tile_id": i, "item_id": i, "label": lab, "image": image}
+                for i, lab in zip(rows["item_id"], rows["label"])
+            ]
             yield apply_stats(raw, low, high), meta
             continue
         for row in rows.itertuples(index=False):
@@ -173,39 +172,27 @@ def iter_tiles(root: str | Path, index: pd.DataFrame, images: list[str], cfg: di
             produced = False
             for suffixes, raw in _item_tiles(src, row, cfg, low, high):
                 produced = True
-                meta = [{"tile_id": f"{row['item_id']}{sfx}", "item_id": row["item_id"], "label": row["label"],
-                         "image": image} for sfx in suffixes]
+                meta = [
+                    {
+                        "tile_id": f"{row['item_id']}{sfx}",
+                        "item_id": row["item_id"],
+                        "label": row["label"],
+                        "image": image,
+                    }
+                    for sfx in suffixes
+                ]
                 yield apply_stats(np.stack(raw), low, high), meta
             n_empty += not produced
     if n_empty:
         log.warning("%d item(s) had no window above tiles.min_foreground and gave no tiles", n_empty)
 
 
-META_COLUMNS = ["tile_id", "item_id", "label", "image"]
-
-
-def tile_images(root: str | Path, index: pd.DataFrame, images: list[str], cfg: dict):
-    """Tiles (in memory), their metadata (tile_id, item_id, label, image) and normalisation stats."""
-    stats: list[dict] = []
-    tiles, metas = [], []
-    for t, m in iter_tiles(root, index, images, cfg, stats):
-        tiles.append(t)
-        metas.extend(m)
-    size = cfg["size"]
-    c = len({s["channel"] for s in stats}) or 1
-    arr = np.concatenate(tiles) if tiles else np.zeros((0, size, size, c), np.float32)
-    log.info("%d tiles from %d images", len(arr), len(images))
-    return arr, pd.DataFrame(metas, columns=META_COLUMNS), pd.DataFrame(stats, columns=["image", "channel", "low", "high"])
-
-
 def tile_shard(root: str | Path, index: pd.DataFrame, images: list[str], cfg: dict, out_npy) -> int:
     """Tile the images straight into a shard on disk; memory holds one item's tiles at a time."""
-    from .tilestore import ShardWriter
-
     stats: list[dict] = []
     with ShardWriter(out_npy, (cfg["size"], cfg["size"])) as writer:
         for t, m in iter_tiles(root, index, images, cfg, stats):
             writer.add(t, m)
-        writer.finish(pd.DataFrame(stats, columns=["image", "channel", "low", "high"]))
+        writer.finish(pd.DataFrame(stats, columns=NORM_COLUMNS))
     log.info("%d tiles from %d images", writer.n, len(images))
     return writer.n

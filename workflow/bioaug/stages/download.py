@@ -12,7 +12,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from .runtime import BioaugError, atomic_path
+from ..runtime import BioaugError, atomic_path
 
 log = logging.getLogger("bioaug.download")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -22,25 +22,40 @@ DOWNLOAD_RETRIES = 3
 DOWNLOAD_TIMEOUT_S = 60
 
 
-def fetch_dataset(dataset_cfg: dict, out_dir: str | Path, cache_dir: str | Path | None = None,
-                  retries: int = DOWNLOAD_RETRIES) -> None:
+def run(source: dict, out_dir) -> None:
+    """The download stage: `source` is the dataset's source, sha256 and builtin keys."""
+    fetch_dataset(source, out_dir)
+
+
+def fetch_dataset(
+    dataset_cfg: dict, out_dir: str | Path, cache_dir: str | Path | None = None, retries: int = DOWNLOAD_RETRIES
+) -> None:
     """Materialise one dataset into `out_dir` (written atomically)."""
     source = dataset_cfg["source"]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         if source == "builtin":
-            from .simulate import simulate_dataset
+            from ..simulate import simulate_dataset
 
             b = dataset_cfg["builtin"]
             table = simulate_dataset(
-                tmp, n_images=b["n_images"], image_size=b["image_size"],
+                tmp,
+                n_images=b["n_images"],
+                image_size=b["image_size"],
                 cells_per_image=tuple(b["cells_per_image"]),
-                class_fractions=dict(b["class_fractions"]), seed=b["seed"],
+                class_fractions=dict(b["class_fractions"]),
+                seed=b["seed"],
             )
-            log.info("simulated %d fields with %d cells: %s", b["n_images"], len(table),
-                     table["label"].value_counts().to_dict())
+            log.info(
+                "simulated %d fields with %d cells: %s",
+                b["n_images"],
+                len(table),
+                table["label"].value_counts().to_dict(),
+            )
         elif source.startswith(("http://", "https://")):
-            path = _download_url(source, dataset_cfg["sha256"], Path(cache_dir or Path(out_dir).parent / ".cache"), retries)
+            path = _download_url(
+                source, dataset_cfg["sha256"], Path(cache_dir or Path(out_dir).parent / ".cache"), retries
+            )
             _unpack(path, tmp)
         else:
             src = Path(source).expanduser()
@@ -64,8 +79,13 @@ def _download_url(url: str, sha256: str, cache_dir: Path, retries: int = DOWNLOA
     # matches, so a partial file never passes as complete; a verified file is not fetched
     # again; failed attempts (connection errors, HTTP errors, hash mismatch) are retried
     # with a growing pause (1 s, 2 s, ...).
-    fetcher = pooch.create(path=cache_dir, base_url=base + "/", registry={name: f"sha256:{sha256.lower()}"},
-                           urls={name: url}, retry_if_failed=retries)
+    fetcher = pooch.create(
+        path=cache_dir,
+        base_url=base + "/",
+        registry={name: f"sha256:{sha256.lower()}"},
+        urls={name: url},
+        retry_if_failed=retries,
+    )
     try:
         path = fetcher.fetch(name, downloader=pooch.HTTPDownloader(progressbar=False, timeout=DOWNLOAD_TIMEOUT_S))
     except ValueError as err:  # pooch reports a hash mismatch as ValueError
@@ -98,8 +118,12 @@ def _unpack(path: Path, dest: Path) -> None:
             for member in tf.getmembers():
                 _check_member(path, member.name, dest)
                 if member.issym() or member.islnk():
-                    _check_member(path, str(PurePosixPath(member.name).parent / member.linkname), dest,
-                                  what=f"link {member.name!r} -> {member.linkname!r}")
+                    _check_member(
+                        path,
+                        str(PurePosixPath(member.name).parent / member.linkname),
+                        dest,
+                        what=f"link {member.name!r} -> {member.linkname!r}",
+                    )
                 if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
                     raise BioaugError(f"{path}: archive entry {member.name!r} is not a file or folder; refused")
             tf.extractall(dest, filter="data")

@@ -16,10 +16,17 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .runtime import BioaugError
+from ..formats.items import read_items, write_items
+from ..runtime import BioaugError
 
 log = logging.getLogger("bioaug.split")
 SPLITS = ("train", "val", "test")
+
+
+def run(index_csv, cfg: dict, items_csv) -> None:
+    """The split stage: index.csv plus a `split` column, to items.csv."""
+    items = assign_splits(read_items(index_csv), cfg["fractions"], cfg["seed"], cfg["use_source_split"])
+    write_items(items, items_csv)
 
 
 def assign_splits(items: pd.DataFrame, fractions: dict, seed: int, use_source_split: bool = False) -> pd.DataFrame:
@@ -77,11 +84,3 @@ def _check_every_class_everywhere(items: pd.DataFrame) -> None:
                     f"class {label!r} has no items in the {split} split ({int(row.sum())} items in "
                     f"{n_groups} groups in total); add data for it or change split.fractions / split.seed"
                 )
-
-
-def check_group_integrity(items: pd.DataFrame) -> None:
-    """Raise if any group appears in more than one split (used by tests and downstream checks)."""
-    per_group = items.groupby("group")["split"].nunique()
-    crossing = per_group[per_group > 1]
-    if len(crossing):
-        raise BioaugError(f"groups in more than one split: {list(crossing.index[:5])}")

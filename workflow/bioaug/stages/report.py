@@ -2,28 +2,66 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .runtime import atomic_path
-from .tilestore import class_names, load_tiles
+from ..formats import balanced
+from ..formats.classify_results import read_results
+from ..formats.items import class_names, read_items
+from ..formats.shards import load_tiles
+from ..formats.synthetic import read_acceptance
+from ..runtime import atomic_path
+from ..verdicts import summarise_arms
 
 log = logging.getLogger("bioaug.report")
 GRID_PER_ROW = 8
 
 
-def summarise(metric_jsons) -> pd.DataFrame:
+def run(
+    *,
+    metric_jsons,
+    items_csv,
+    shard_npys,
+    balanced_dir,
+    gan_log,
+    quality_csv,
+    acceptance_jsons,
+    outputs: dict,
+    dataset: str,
+    cfg: dict,
+) -> None:
+    """The report stage: every table and figure of one dataset, from the stages' files."""
+    write_report(
+        metric_jsons=metric_jsons,
+        items=read_items(items_csv),
+        shard_npys=shard_npys,
+        balanced_dir=balanced_dir,
+        gan_log=gan_log,
+        quality_csv=quality_csv,
+        acceptance_jsons=acceptance_jsons,
+        outputs=outputs,
+        dataset=dataset,
+        n_boot=cfg["bootstrap"],
+    )
+
+
+def summarise(results: list[dict]) -> pd.DataFrame:
     """One row per (arm, seed): overall test metrics, then recall and F1 per class."""
     rows = []
-    for path in metric_jsons:
-        m = json.loads(Path(path).read_text())
-        row = {"arm": m["arm"], "seed": m["seed"], "n_test": m["n"], "accuracy": m["accuracy"],
-               "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
-               "macro_auc": m.get("macro_auc"), "best_epoch": m["best_epoch"], "seconds": m["seconds"]}
+    for m in results:
+        row = {
+            "arm": m["arm"],
+            "seed": m["seed"],
+            "n_test": m["n"],
+            "accuracy": m["accuracy"],
+            "balanced_accuracy": m["balanced_accuracy"],
+            "macro_f1": m["macro_f1"],
+            "macro_auc": m.get("macro_auc"),
+            "best_epoch": m["best_epoch"],
+            "seconds": m["seconds"],
+        }
         for cls, pc in m["per_class"].items():
             row[f"recall[{cls}]"] = pc["recall"]
             row[f"f1[{cls}]"] = pc["f1"]
@@ -50,7 +88,7 @@ def _plt():
 
 def plot_recall_by_arm(summary: pd.DataFrame, path) -> None:
     plt = _plt()
-    classes = [c[len("recall["):-1] for c in summary.columns if c.startswith("recall[")]
+    classes = [c[len("recall[") : -1] for c in summary.columns if c.startswith("recall[")]
     arms = sorted(summary["arm"].unique())
     width = 0.8 / len(arms)
     fig, ax = plt.subplots(figsize=(1.6 * len(classes) + 2, 3.5))
@@ -60,7 +98,7 @@ def plot_recall_by_arm(summary: pd.DataFrame, path) -> None:
         errs = [sub[f"recall[{c}]"].std(ddof=0) for c in classes]
         xs = np.arange(len(classes)) + (i - (len(arms) - 1) / 2) * width
         ax.bar(xs, means, width, yerr=errs, capsize=3, label=f"{arm} (n={len(sub)} seeds)")
-        for s, (_, r) in enumerate(sub.iterrows()):  # the individual seeds, so nothing hides behind a mean
+        for _, r in sub.iterrows():  # the individual seeds, so nothing hides behind a mean
             ax.scatter(xs, [r[f"recall[{c}]"] for c in classes], s=8, color="k", zorder=3)
     ax.set_xticks(np.arange(len(classes)), classes)
     ax.set_ylabel("test recall")
@@ -94,26 +132,21 @@ def plot_gan_losses(gan_log: pd.DataFrame, path) -> None:
 
 def plot_real_vs_synthetic(items: pd.DataFrame, shard_npys, balanced_dir, path, seed: int = 0) -> None:
     """Two rows per class: real train tiles, then synthetic tiles (when the class has any)."""
-    from .balance import read_balanced
-    from .viz import save_class_grid
+    from ..viz import save_class_grid
 
     x_real, y_real, _ = load_tiles(shard_npys, items, splits=("train",))
-    manifest = pd.read_csv(Path(balanced_dir) / "manifest.csv")
+    manifest = balanced.read_manifest(balanced_dir)
     rng = np.random.default_rng(seed)
     names, rows = [], []
-    import tifffile
-
     for ci, cls in enumerate(class_names(items)):
         idx = np.flatnonzero(y_real == ci)
         pick = rng.choice(idx, size=min(GRID_PER_ROW, len(idx)), replace=False)
         names.append(f"{cls} real")
         rows.append(x_real[pick])
-        syn = manifest[(manifest["label"].astype(str) == cls) & (manifest["origin"] == "synthetic")]
+        syn = manifest[(manifest["label"] == cls) & (manifest["origin"] == "synthetic")]
         if len(syn):
-            paths = syn["path"].iloc[: GRID_PER_ROW]
-            tiles = [tifffile.imread(Path(balanced_dir) / p) for p in paths]
             names.append(f"{cls} synthetic")
-            rows.append(np.stack([t if t.ndim == 3 else t[..., None] for t in tiles]))
+            rows.append(balanced.read_tiles(balanced_dir, syn["path"].iloc[:GRID_PER_ROW]))
     with atomic_path(path) as tmp:
         save_class_grid(tmp, names, rows, title="Real (train) vs synthetic tiles per class")
 
@@ -158,7 +191,7 @@ def plot_confusions(results: list[dict], class_names_: list[str], path) -> None:
         ax.set_xticks(range(len(class_names_)), class_names_, rotation=45, fontsize=7)
         ax.set_yticks(range(len(class_names_)), class_names_, fontsize=7)
         ax.set_title(arm, fontsize=9)
-    for ax in list(axes.flat)[len(arms):]:
+    for ax in list(axes.flat)[len(arms) :]:
         ax.axis("off")
     fig.suptitle("Test confusion (rows: true class, normalised; summed over seeds)")
     fig.tight_layout()
@@ -171,44 +204,80 @@ def _fmt(x, digits=2):
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
 
-def summary_markdown(dataset: str, verdicts: pd.DataFrame, arm_table: pd.DataFrame, quality: pd.DataFrame | None,
-                     acceptance: pd.DataFrame | None = None) -> str:
-    lines = [f"# bioaug summary: {dataset}", "",
-             "## Does the GAN help? (per class, test F1, paired bootstrap over seeds and test tiles)", "",
-             "| class | GAN arm | F1 | best non-GAN arm | its F1 | difference [95% CI] | verdict |",
-             "|---|---|---|---|---|---|---|"]
+def summary_markdown(
+    dataset: str,
+    verdicts: pd.DataFrame,
+    arm_table: pd.DataFrame,
+    quality: pd.DataFrame | None,
+    acceptance: pd.DataFrame | None = None,
+) -> str:
+    lines = [
+        f"# bioaug summary: {dataset}",
+        "",
+        "## Does the GAN help? (per class, test F1, paired bootstrap over seeds and test tiles)",
+        "",
+        "| class | GAN arm | F1 | best non-GAN arm | its F1 | difference [95% CI] | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in verdicts.to_dict("records"):
         if r.get("baseline_arm") is None:
             lines.append(f"| {r['class']} | {r['gan_arm']} | | | | | {r['verdict']} |")
             continue
-        lines.append(f"| {r['class']} | {r['gan_arm']} | {_fmt(r['gan_f1'])} | {r['baseline_arm']} | "
-                     f"{_fmt(r['baseline_f1'])} | {r['difference']:+.2f} [{r['diff_lo']:+.2f}, {r['diff_hi']:+.2f}] | "
-                     f"**{r['verdict']}** |")
-    lines += ["", "## F1 per arm and class (mean over seeds [95% CI]), and compute time", "",
-              "| arm | " + " | ".join(dict.fromkeys(arm_table["class"])) + " | seconds per model |",
-              "|---|" + "---|" * (arm_table["class"].nunique() + 1)]
+        lines.append(
+            f"| {r['class']} | {r['gan_arm']} | {_fmt(r['gan_f1'])} | {r['baseline_arm']} | "
+            f"{_fmt(r['baseline_f1'])} | {r['difference']:+.2f} [{r['diff_lo']:+.2f}, {r['diff_hi']:+.2f}] | "
+            f"**{r['verdict']}** |"
+        )
+    lines += [
+        "",
+        "## F1 per arm and class (mean over seeds [95% CI]), and compute time",
+        "",
+        "| arm | " + " | ".join(dict.fromkeys(arm_table["class"])) + " | seconds per model |",
+        "|---|" + "---|" * (arm_table["class"].nunique() + 1),
+    ]
     for arm, sub in arm_table.groupby("arm", sort=True):
         cells = [f"{_fmt(r['f1'])} [{_fmt(r['f1_lo'])}, {_fmt(r['f1_hi'])}]" for r in sub.to_dict("records")]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {sub['mean_seconds_per_model'].iloc[0]:.0f} |")
     if quality is not None:
-        lines += ["", "## GAN quality (feature space of a classifier trained on real train tiles)", "",
-                  quality.to_markdown(index=False, floatfmt=".3f")]
+        lines += [
+            "",
+            "## GAN quality (feature space of a classifier trained on real train tiles)",
+            "",
+            quality.to_markdown(index=False, floatfmt=".3f"),
+        ]
     if acceptance is not None and len(acceptance):
-        lines += ["", "## Synthetic tiles per class (selective synthesis: acceptance by the real-trained classifier)", "",
-                  acceptance.to_markdown(index=False, floatfmt=".3f")]
-    lines += ["", "Verdict: *helps* / *hurts* when the 95% interval of the F1 difference excludes 0, "
-              "else *no evidence*. The baseline per class is the non-GAN arm with the highest mean test F1 "
-              "(a choice that favours the baseline).", ""]
+        lines += [
+            "",
+            "## Synthetic tiles per class (selective synthesis: acceptance by the real-trained classifier)",
+            "",
+            acceptance.to_markdown(index=False, floatfmt=".3f"),
+        ]
+    lines += [
+        "",
+        "Verdict: *helps* / *hurts* when the 95% interval of the F1 difference excludes 0, "
+        "else *no evidence*. The baseline per class is the non-GAN arm with the highest mean test F1 "
+        "(a choice that favours the baseline).",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_report(*, metric_jsons, items: pd.DataFrame, shard_npys, balanced_dir, gan_log, outputs: dict,
-                 quality_csv=None, acceptance_jsons=(), dataset: str = "", n_boot: int = 1000) -> None:
-    from .stats import summarise_arms
-
+def write_report(
+    *,
+    metric_jsons,
+    items: pd.DataFrame,
+    shard_npys,
+    balanced_dir,
+    gan_log,
+    outputs: dict,
+    quality_csv,
+    acceptance_jsons,
+    dataset: str,
+    n_boot: int,
+) -> None:
     names = class_names(items)
-    results = [json.loads(Path(p).read_text()) for p in metric_jsons]
-    summary = summarise(metric_jsons)
+    results = read_results(metric_jsons)
+    summary = summarise(results)
     with atomic_path(outputs["summary"]) as tmp:
         summary.to_csv(tmp, index=False)
     arm_table, verdicts = summarise_arms(results, names, n_boot=n_boot)
@@ -217,11 +286,13 @@ def write_report(*, metric_jsons, items: pd.DataFrame, shard_npys, balanced_dir,
     with atomic_path(outputs["verdicts"]) as tmp:
         verdicts.to_csv(tmp, index=False)
     quality = pd.read_csv(quality_csv) if quality_csv else None
+    acceptance = read_acceptance(acceptance_jsons)
     with atomic_path(outputs["markdown"]) as tmp:
-        acceptance = pd.DataFrame([json.loads(Path(p).read_text()) for p in acceptance_jsons])
         tmp.write_text(summary_markdown(dataset, verdicts, arm_table, quality, acceptance))
-    log.info("summary by arm (mean over seeds):\n%s",
-             by_arm(summary)[["arm", "balanced_accuracy_mean", "macro_f1_mean"]].to_string(index=False))
+    log.info(
+        "summary by arm (mean over seeds):\n%s",
+        by_arm(summary)[["arm", "balanced_accuracy_mean", "macro_f1_mean"]].to_string(index=False),
+    )
     if len(verdicts):
         log.info("verdicts:\n%s", verdicts.to_string(index=False))
     plot_recall_by_arm(summary, outputs["recall"])

@@ -1,0 +1,95 @@
+"""Classify stage: train the downstream classifier for one (arm, seed) and score it on test.
+
+Every arm (`bioaug.arms`) uses the same classifier, the same budget (epochs, batch size,
+learning rate) and the same seeds, and differs only in its data or sampling. The validation
+split (real) picks the epoch; the test split is loaded after model selection and scored once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from ..arms import ARMS, training_options
+from ..formats import balanced, synthetic
+from ..formats.classify_results import write_result
+from ..formats.items import class_names, read_items
+from ..formats.shards import load_tiles
+from ..runtime import BioaugError
+
+log = logging.getLogger("bioaug.classify")
+
+
+def run(arm: str, seed: int, items_csv, shard_npys, cfg: dict, out_json, balanced_dir=None, synthetic_npys=()) -> dict:
+    """The classify stage: one model, its test metrics to `out_json`."""
+    result = run_arm(arm, seed, read_items(items_csv), shard_npys, cfg, balanced_dir, synthetic_npys)
+    write_result(result, out_json)
+    return result
+
+
+def arm_training_data(arm: str, items: pd.DataFrame, shard_npys, balanced_dir=None, synthetic_npys=()):
+    """(x, y) the arm trains on."""
+    if arm not in ARMS:
+        raise BioaugError(f"classifier.arms: unknown arm {arm!r} (known: {list(ARMS)})")
+    data = ARMS[arm]["data"]
+    names = class_names(items)
+    if data == "real":
+        x, y, _ = load_tiles(shard_npys, items, splits=("train",))
+        return x, y
+    if data == "balanced":
+        if balanced_dir is None:
+            raise BioaugError(f"arm {arm!r} needs the balanced dataset")
+        x, manifest = balanced.read_balanced(balanced_dir)
+        return x, manifest["label"].map({n: i for i, n in enumerate(names)}).to_numpy(np.int32)
+    if not synthetic_npys:
+        raise BioaugError(f"arm {arm!r} needs synthetic tiles, and there are none")
+    x, y, _ = synthetic.read_synthetic(synthetic_npys, names)
+    if len(x) == 0:
+        raise BioaugError(f"arm {arm!r} needs synthetic tiles, and there are none")
+    return x, y
+
+
+def run_arm(
+    arm: str, seed: int, items: pd.DataFrame, shard_npys, cfg: dict, balanced_dir=None, synthetic_npys=()
+) -> dict:
+    """Train one model, select its epoch on val, score it once on test; returns the metrics."""
+    from ..classifier import train_classifier
+    from ..metrics import get_metric
+
+    t0 = time.time()
+    names = class_names(items)
+    train_x, train_y = arm_training_data(arm, items, shard_npys, balanced_dir, synthetic_npys)
+    val_x, val_y, _ = load_tiles(shard_npys, items, splits=("val",))
+    log.info(
+        "arm %s, seed %d: %d train tiles %s, %d val tiles",
+        arm,
+        seed,
+        len(train_y),
+        np.bincount(train_y, minlength=len(names)).tolist(),
+        len(val_y),
+    )
+    model = train_classifier(train_x, train_y, val_x, val_y, names, cfg, seed, **training_options(arm))
+    train_seconds = time.time() - t0
+    # The test split is loaded only now, after model selection, and scored exactly once.
+    test_x, test_y, test_rows = load_tiles(shard_npys, items, splits=("test",))
+    proba = model.predict_proba(test_x)
+    y_pred = proba.argmax(1)
+    metrics = get_metric("classification")(test_y, y_pred, proba, names)
+    return {
+        "arm": arm,
+        "seed": seed,
+        "split": "test",
+        **metrics,
+        "n_train_per_class": np.bincount(train_y, minlength=len(names)).tolist(),
+        "best_epoch": model.best_epoch,
+        "history": model.history,
+        "seconds": round(time.time() - t0, 2),
+        "train_seconds": round(train_seconds, 2),
+        # per-tile predictions, for bootstrap intervals and paired comparisons in the report
+        "test_tile_ids": test_rows["tile_id"].tolist(),
+        "y_true": test_y.tolist(),
+        "y_pred": y_pred.tolist(),
+    }

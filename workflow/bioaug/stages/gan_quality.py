@@ -1,0 +1,114 @@
+"""gan_quality stage: how good and how novel are the synthetic tiles, per class?
+
+Feature space: the penultimate layer of a classifier trained on the real train split (the
+feature classifier), so distances reflect what matters in this domain. Reported overall and
+per class: FID and KID (synthetic vs real train), improved precision/recall (k=3),
+density/coverage (k=5), and the memorisation audit (feature and pixel space).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from ..formats.items import class_names, read_items
+from ..formats.shards import load_tiles
+from ..formats.synthetic import read_synthetic
+from ..metrics import get_metric
+from ..runtime import atomic_path
+
+log = logging.getLogger("bioaug.gan_quality")
+
+
+def run(
+    feature_classifier_dir, items_csv, shard_npys, synthetic_npys, cfg: dict, quality_csv, memorisation_csv, pairs_png
+) -> None:
+    """The gan_quality stage: the quality table, the memorisation audit and its figure."""
+    from ..classifier import load_classifier
+
+    quality, audit, (x_train, x_syn) = assess(
+        load_classifier(feature_classifier_dir),
+        read_items(items_csv),
+        shard_npys,
+        synthetic_npys,
+        max_per_class=cfg["max_per_class"],
+    )
+    with atomic_path(memorisation_csv) as tmp:
+        audit.to_csv(tmp, index=False)
+    with atomic_path(pairs_png) as tmp:
+        plot_closest_pairs(audit, x_train, x_syn, tmp)
+    with atomic_path(quality_csv) as tmp:
+        quality.to_csv(tmp, index=False)
+
+
+def assess(feature_clf, items: pd.DataFrame, shard_npys, synthetic_npys, max_per_class: int, seed: int = 0):
+    """Quality table (one row per class plus 'all') and the per-tile memorisation table."""
+    names = class_names(items)
+    x_train, y_train, train_rows = load_tiles(shard_npys, items, splits=("train",))
+    # Real test tiles only calibrate the near-copy threshold; no model is selected with them.
+    x_test, y_test, _ = load_tiles(shard_npys, items, splits=("test",))
+    x_syn, y_syn, syn_meta = read_synthetic(synthetic_npys, names)
+    f_train, f_test, f_syn = (feature_clf.features(x) for x in (x_train, x_test, x_syn))
+    rng = np.random.default_rng(seed)
+
+    def cap(idx):
+        return idx if len(idx) <= max_per_class else np.sort(rng.choice(idx, max_per_class, replace=False))
+
+    rows = []
+    for c, name in [(None, "all")] + list(enumerate(names)):
+        tr = cap(np.arange(len(y_train)) if c is None else np.flatnonzero(y_train == c))
+        sy = cap(np.arange(len(y_syn)) if c is None else np.flatnonzero(y_syn == c))
+        row = {
+            "class": name,
+            "n_real_train": len(tr),
+            "n_synthetic": len(sy),
+            "fid": get_metric("fid")(f_train[tr], f_syn[sy]),
+            "kid": get_metric("kid")(f_train[tr], f_syn[sy]),
+        }
+        row.update(get_metric("precision_recall")(f_train[tr], f_syn[sy], k=3))
+        row.update(get_metric("density_coverage")(f_train[tr], f_syn[sy], k=5))
+        rows.append(row)
+    quality = pd.DataFrame(rows)
+
+    audit_rows = []
+    for space, (tr, te, sy) in {"feature": (f_train, f_test, f_syn), "pixel": (x_train, x_test, x_syn)}.items():
+        audit = get_metric("memorisation")(tr, te, sy)
+        quality.loc[quality["class"] == "all", f"near_copy_share_{space}"] = audit["near_copy_share"]
+        for c, name in enumerate(names):
+            sel = y_syn == c
+            quality.loc[quality["class"] == name, f"near_copy_share_{space}"] = (
+                float((audit["distances"][sel] < audit["threshold"]).mean()) if sel.any() else np.nan
+            )
+        audit_rows.append(
+            pd.DataFrame(
+                {
+                    "space": space,
+                    "label": syn_meta["label"],
+                    "seed": syn_meta["seed"],
+                    "synthetic_index": np.arange(len(y_syn)),
+                    "nearest_train_tile": train_rows["tile_id"].to_numpy()[audit["nearest_train"]],
+                    "nearest_train_row": audit["nearest_train"],
+                    "distance": audit["distances"],
+                    "threshold": audit["threshold"],
+                    "near_copy": audit["distances"] < audit["threshold"],
+                }
+            )
+        )
+    log.info("GAN quality:\n%s", quality.to_string(index=False))
+    return quality, pd.concat(audit_rows, ignore_index=True), (x_train, x_syn)
+
+
+def plot_closest_pairs(audit: pd.DataFrame, x_train: np.ndarray, x_syn: np.ndarray, path, n: int = 8) -> None:
+    """The synthetic tiles closest to a training tile (pixel space), each beside that tile."""
+    from ..viz import save_class_grid
+
+    pix = audit[audit["space"] == "pixel"].nsmallest(n, "distance")
+    rows = [x_syn[pix["synthetic_index"].to_numpy()], x_train[pix["nearest_train_row"].to_numpy()]]
+    save_class_grid(
+        path,
+        ["synthetic", "nearest real"],
+        rows,
+        title=f"Closest synthetic/real pairs (pixel space; near-copy threshold {pix['threshold'].iloc[0]:.2f})",
+    )
