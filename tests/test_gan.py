@@ -296,9 +296,6 @@ def test_finished_run_only_rewrites_outputs(runs):
     res = train_gan(runs["tiles"], runs["labels"], CLASSES, gan_section(**TINY, steps=2 * K), **runs["kw"](a))
     assert res["steps_done"] == 2 * K and a["png"].exists()
     assert a["csv"].read_text() == before
-    # fewer steps than the run's latest checkpoint: the same run's folder, a clear error
-    with pytest.raises(BioaugError, match=rf"gan.steps: {K}, but .*{Path(a['ckpt']).name}"):
-        train_gan(runs["tiles"], runs["labels"], CLASSES, gan_section(**TINY, steps=K), **runs["kw"](a))
 
 
 def test_raising_steps_resumes_and_continues_the_log(runs, tmp_path, caplog):
@@ -317,6 +314,22 @@ def test_raising_steps_resumes_and_continues_the_log(runs, tmp_path, caplog):
     assert [int(row[0]) for row in rows] == [4, 8, 12, 16, 18]
     assert rows[:3] == rows_a  # the rows before the resume, unchanged
     assert load_generator(r["gen"]).step == 3 * K
+
+
+def test_lowering_steps_trains_a_shorter_run_and_keeps_the_longer_one(runs, tmp_path, caplog):
+    """A run trained to 2K steps, called again with K: a fresh K-step run beside it."""
+    a = runs["a"]
+    r = dict(root=tmp_path / "ckpt", gen=tmp_path / "gen", csv=tmp_path / "log.csv", png=tmp_path / "s.png")
+    run_dir = r["root"] / Path(a["ckpt"]).name
+    shutil.copytree(a["ckpt"], run_dir)
+    with caplog.at_level(logging.INFO, logger="bioaug.gan"):
+        res = train_gan(runs["tiles"], runs["labels"], CLASSES, gan_section(**TINY, steps=K), **runs["kw"](r))
+    assert res["checkpoint_dir"] == f"{run_dir.resolve()}-steps{K}" and res["steps_done"] == K
+    assert "resumed GAN training" not in caplog.text and load_generator(r["gen"]).step == K
+    _, rows = _rows(r["csv"])
+    _, rows_a = _rows(a["csv"])
+    assert rows[0][:7] == rows_a[0][:7]  # the same first logged losses as the long run (deterministic)
+    assert max(int(p.name) for p in run_dir.iterdir() if p.name.isdigit()) == 2 * K  # the long run is kept
 
 
 def test_nonfinite_loss_raises_and_keeps_last_checkpoint(runs, tmp_path):

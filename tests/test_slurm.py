@@ -298,7 +298,8 @@ def preempted_run(slurm_run, slurm_cluster, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("slurm_preempt") / "run"
     shutil.copytree(run.workdir, workdir, symlinks=True)
     config = load_tiny_config()
-    config["gan"].update(steps=PREEMPT_STEPS, checkpoint_every=PREEMPT_CKPT, log_every=PREEMPT_LOG)
+    # another seed: a fresh run (a longer run of the same settings would resume at step 40)
+    config["gan"].update(steps=PREEMPT_STEPS, checkpoint_every=PREEMPT_CKPT, log_every=PREEMPT_LOG, seed=1)
     write_config(workdir, config)
     ckpt_root = workdir / "results" / DS / "gan" / "checkpoints"
     before = {p.name for p in ckpt_root.iterdir()} if ckpt_root.exists() else set()

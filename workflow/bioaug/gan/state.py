@@ -51,6 +51,18 @@ def run_identity(cfg: GanConfig, data_key: str, fingerprint: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def run_folder(root: Path, identity: str, steps: int) -> Path:
+    """The checkpoint folder of a run of `steps` steps: `root/identity`, resumed from its
+    latest checkpoint (also after gan.steps was raised); when that folder already went past
+    `steps` (gan.steps was lowered), a shorter run of the same settings in
+    `root/identity-steps<N>`, so the longer run's checkpoints are kept for later."""
+    main = (Path(root) / identity).resolve()
+    done = [int(p.name) for p in main.iterdir() if p.name.isdigit()] if main.is_dir() else []
+    if not done or max(done) <= steps:
+        return main
+    return main.with_name(f"{identity}-steps{steps}")
+
+
 def data_fingerprint(tiles, labels: np.ndarray) -> str:
     """A hash of the data's shape, labels and a strided sample of tiles (memory maps and
     tile sources included: the same tiles give the same fingerprint however they are held)."""

@@ -32,7 +32,7 @@ from .config import GanConfig
 from .devices import check_batch_divisible, make_mesh, maybe_initialize_distributed, process_rows, shardings, to_host
 from .input_pipeline import ArrayTiles, BatchLoader, as_tile_source
 from .sample import make_eval_forward, recalibrate_batch_stats, write_generator
-from .state import RUN_META, data_fingerprint, init_train_state, restore_train_state, run_identity
+from .state import RUN_META, data_fingerprint, init_train_state, restore_train_state, run_folder, run_identity
 from .step import N_METRICS, cached_train_step, mode_seeking_target, step_hyperparams
 
 CSV_HEADER = ("step", "d_loss", "g_loss", "d_real", "d_fake", "r1", "augment_p", "steps_per_s", "elapsed_s")
@@ -72,7 +72,8 @@ def train_gan(
     `cfg` is a GanConfig for these tiles or a validated `gan` section. The run's checkpoints
     are in `checkpoint_root / run_identity(cfg, data_key, data fingerprint)`: `data_key` is
     the caller's identity of the training data (e.g. its item ids). Training resumes from
-    the folder's latest checkpoint, also after gan.steps was raised. Writes `generator_dir`
+    the folder's latest checkpoint, also after gan.steps was raised; a lowered gan.steps
+    trains a shorter run afresh (`state.run_folder`). Writes `generator_dir`
     (EMA generator, Orbax + generator.json), `samples_png` (8 EMA samples per class) and
     `log_csv`. Raises FloatingPointError if a loss became non-finite (the last finite
     checkpoint is kept). Returns steps_done, steps_per_s, d_loss, g_loss, seconds and
@@ -96,7 +97,7 @@ def train_gan(
 
     g_def, d_def, state = init_train_state(cfg, mesh)
     fingerprint = data_fingerprint(tiles, labels)
-    checkpoint_dir = (Path(checkpoint_root) / run_identity(cfg, data_key, fingerprint)).resolve()
+    checkpoint_dir = run_folder(Path(checkpoint_root), run_identity(cfg, data_key, fingerprint), cfg.steps)
     # The log is kept beside the checkpoints (not a declared output, so Snakemake does not
     # delete it when a job fails or is preempted) and published to log_csv at the end:
     # a resumed run then still has every row from before its checkpoint.
@@ -112,12 +113,6 @@ def train_gan(
         if latest is None:
             log.info("GAN checkpoints in %s (a new run)", checkpoint_dir)
         else:
-            if latest > cfg.steps:
-                raise BioaugError(
-                    f"gan.steps: {cfg.steps}, but {checkpoint_dir} holds a checkpoint of these "
-                    f"settings at step {latest}; raise gan.steps or delete the folder to train "
-                    f"from scratch"
-                )
             state = restore_train_state(mgr, latest, state, mesh)
             start = int(to_host(state["step"]))
             log.info("resumed GAN training from %s at step %d", checkpoint_dir, start)
