@@ -7,9 +7,11 @@ Each rule's script calls one entry point of workflow/bioaug/stages/.
 
 from snakemake.utils import min_version
 
-from bioaug.config import validate_config
+from bioaug.config import check_yaml, validate_config
 
 min_version("9.0")
+
+check_yaml("config.yaml")
 
 
 configfile: "config.yaml"

@@ -233,7 +233,9 @@ def make_bad_dataset(root):
     )
     pd.DataFrame(rows, columns=["image", "label", "x", "y"]).to_csv(root / "p.csv", index=False)
     tifffile.imwrite(root / "orphan.tif", field())  # 11 image nobody annotated
-    return {"format": "points", "annotations": "p.csv", "classes": ["a", "b"]}, len(rows) + 1
+    # inputs: every annotation row, and every file no item uses (the orphan and the 6 images
+    # whose only annotations are bad; missing.tif is no file)
+    return {"format": "points", "annotations": "p.csv", "classes": ["a", "b"]}, len(rows) + 1 + 6
 
 
 def test_skip_accounts_for_every_input(tmp_path):

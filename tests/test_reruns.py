@@ -72,8 +72,17 @@ def test_a_change_reruns_exactly_what_reads_it(copy_of_run, case):
         (lambda c: c["tiles"].update(channels=[0]), False),
         (lambda c: c["datasets"]["tiny"].update(on_bad_input="skip"), False),
         (lambda c: c["datasets"]["tiny"]["builtin"].update(seed=4), True),
+        (lambda c: c.setdefault("limits", {}).update(max_image_pages=8), False),
+        (lambda c: c.setdefault("limits", {}).update(download_timeout_s=60), True),
     ],
-    ids=["tiles.border", "tiles.channels", "dataset.on_bad_input", "dataset.builtin"],
+    ids=[
+        "tiles.border",
+        "tiles.channels",
+        "dataset.on_bad_input",
+        "dataset.builtin",
+        "limits.max_image_pages",
+        "limits.download_timeout_s",
+    ],
 )
 def test_a_change_the_index_reads_reruns_the_index_first(copy_of_run, mutate, download):
     """The index is a checkpoint: the jobs after it are planned once it has run again."""

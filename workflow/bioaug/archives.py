@@ -100,9 +100,9 @@ def _is_compressed_tar(path: Path, k: str) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
 
-def misnamed(path: Path) -> bool:
-    """Whether the file's name suggests another kind than its content."""
-    k, name = kind(path), path.name.lower()
+def misnamed(path: Path, name: str | None = None) -> bool:
+    """Whether the file's name (or `name`) suggests another kind than its content."""
+    k, name = kind(path), (name or path.name).lower()
     claimed = [c for c, sfx in SUFFIXES.items() if name.endswith(sfx)]
     return bool(claimed) and (k not in claimed)
 

@@ -36,6 +36,7 @@ STAGE_SECTIONS = (
     "feature_classifier",
     "gan_quality",
     "report",
+    "limits",
 )
 
 
@@ -52,6 +53,21 @@ def defaults() -> dict:
     """Every stage section as the schema's defaults give it (what a config with only
     `datasets:` runs with)."""
     return {name: _section_defaults(name) for name in STAGE_SECTIONS}
+
+
+def check_yaml(path: str | Path) -> None:
+    """A YAML syntax error as one line naming the file, line and column (Snakemake's own
+    message names neither); a missing file is left to Snakemake."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise BioaugError(f"{path}: not valid YAML at {where}: {problem}") from None
 
 
 def validate_config(config: dict) -> dict:

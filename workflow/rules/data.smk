@@ -13,6 +13,13 @@ rule download:
         **rule_resources("download"),
     params:
         source=dataset_keys("source", "sha256", "builtin"),
+        limits=section_keys(
+            "limits",
+            "download_timeout_s",
+            "max_extracted_gb",
+            "max_archive_members",
+            "max_compression_ratio",
+        ),
     script:
         "../scripts/download.py"
 
@@ -35,6 +42,7 @@ checkpoint index:
             "format", "annotations", "images", "columns", "classes", "on_bad_input"
         ),
         tiles=section_keys("tiles", "size", "border", "channels"),
+        limits=section_keys("limits", "max_image_megapixels", "max_image_pages"),
     script:
         "../scripts/index.py"
 

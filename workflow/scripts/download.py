@@ -4,4 +4,4 @@ from bioaug.runtime import stage
 from bioaug.stages import download
 
 with stage(snakemake):
-    download.run(snakemake.params.source, snakemake.output[0])
+    download.run(snakemake.params.source, snakemake.params.limits, snakemake.output[0])

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from .items import safe_name
+from .items import read_table, safe_name
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ["path", "label", "origin", "split", "item_id", "tile_id", "checkpoint", "step", "seed"]
@@ -44,8 +44,7 @@ def write_manifest(rows: list[dict], folder: Path) -> pd.DataFrame:
 
 
 def read_manifest(folder: str | Path) -> pd.DataFrame:
-    text = {c: str for c in ("path", "label", "origin", "split", "item_id", "tile_id", "checkpoint")}
-    return pd.read_csv(Path(folder) / MANIFEST, dtype=text)
+    return read_table(Path(folder) / MANIFEST, ("path", "label", "origin", "split", "item_id", "tile_id", "checkpoint"))
 
 
 def read_tiles(folder: str | Path, paths) -> np.ndarray:

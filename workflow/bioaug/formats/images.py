@@ -10,6 +10,7 @@ All arrays come back as (H, W, C) float32.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -25,6 +26,28 @@ SUPPORTED_DTYPES = (np.uint8, np.uint16, np.int8, np.int16, np.int32, np.uint32,
 # Validation reads strips of this many pixels; statistics use a strided sample of at most this many.
 VALIDATE_STRIP_PIXELS = 8 * 1024 * 1024
 STATS_SAMPLE_PIXELS = 4 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """How large an image may be before it is refused unread (the index checks every image)."""
+
+    max_pixels: float  # height x width x channels
+    max_pages: int
+
+    @classmethod
+    def from_config(cls, limits: dict) -> ImageLimits:
+        return cls(max_pixels=limits["max_image_megapixels"] * 1e6, max_pages=limits["max_image_pages"])
+
+    def check(self, path, shape, pages: int = 1) -> None:
+        if pages > self.max_pages:
+            raise BioaugError(f"{path}: has {pages} pages, more than limits.max_image_pages ({self.max_pages})")
+        n = float(np.prod([int(d) for d in shape]))
+        if n > self.max_pixels:
+            raise BioaugError(
+                f"{path}: {' x '.join(map(str, shape))} = {n / 1e6:.0f} megapixels, more than "
+                f"limits.max_image_megapixels ({self.max_pixels / 1e6:g})"
+            )
 
 
 class ImageSource:
@@ -147,8 +170,9 @@ class LazyTiff:
 LAZY_TIFF_PIXELS = 16 * 1024 * 1024
 
 
-def open_image(path: str | Path, channels: list[int] | None = None) -> ImageSource:
-    """Open an image for reading; raises BioaugError naming the file on any problem."""
+def open_image(path: str | Path, channels: list[int] | None = None, limits: ImageLimits | None = None) -> ImageSource:
+    """Open an image for reading; raises BioaugError naming the file on any problem. With
+    `limits`, an image above them is refused before its pixels are read."""
     path_s = str(path)
     try:
         if NPZ_SEPARATOR in path_s:
@@ -157,12 +181,9 @@ def open_image(path: str | Path, channels: list[int] | None = None) -> ImageSour
             path = Path(path)
             suffix = path.suffix.lower()
             if suffix in TIFF_SUFFIXES:
-                arr = _read_tiff(path)
+                arr = _read_tiff(path, limits)
             elif suffix in RASTER_SUFFIXES:
-                from PIL import Image
-
-                with Image.open(path) as im:
-                    arr = np.asarray(im)
+                arr = _read_raster(path, limits)
             else:
                 raise BioaugError(f"{path}: unsupported image type {path.suffix!r} (use TIFF, PNG or JPEG)")
         if arr.ndim == 2:
@@ -176,12 +197,14 @@ def open_image(path: str | Path, channels: list[int] | None = None) -> ImageSour
     return ImageSource(path_s, arr, channels)
 
 
-def validate_image(path: str | Path, channels: list[int] | None = None) -> tuple[int, int, int]:
+def validate_image(
+    path: str | Path, channels: list[int] | None = None, limits: ImageLimits | None = None
+) -> tuple[int, int, int]:
     """Check that an image reads completely and is finite; return its (H, W, C).
 
     Large images are checked strip by strip, so validation never holds the whole image.
     """
-    src = open_image(path, channels)
+    src = open_image(path, channels, limits)
     h, w, c = src.shape
     rows = max(1, VALIDATE_STRIP_PIXELS // max(w, 1))
     floating = np.issubdtype(src.array.dtype, np.floating)
@@ -197,16 +220,44 @@ def validate_image(path: str | Path, channels: list[int] | None = None) -> tuple
     return h, w, c
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_raster(path: Path, limits: ImageLimits | None) -> np.ndarray:
+    """PNG / JPEG through PIL; palette images give their colours, not their indices."""
+    from PIL import Image
+
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise BioaugError(
+            f"{path}: too large for PIL's decompression-bomb guard ({err}); convert it to a TIFF"
+        ) from None
+    with im:
+        bands = len(im.getbands()) if im.mode not in ("P", "PA") else (4 if "transparency" in im.info else 3)
+        if limits is not None:
+            limits.check(path, (im.height, im.width, bands), getattr(im, "n_frames", 1))
+        if im.mode in ("P", "PA"):
+            im = im.convert("RGBA" if bands == 4 else "RGB")
+        elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+            im = im.convert("L" if im.mode == "1" else "RGB")
+        return np.asarray(im)
+
+
+def _read_tiff(path: Path, limits: ImageLimits | None = None) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         shapes = {s.shape for s in tif.series}
-        if len(tif.series) > 1 and len(shapes) == 1 and len(shapes.pop()) == 2:
+        if len(tif.series) > 1 and len(shapes) == 1 and len(next(iter(shapes))) == 2:
             # Plain multi-page TIFF of equal 2-D pages without axis metadata: pages are channels.
+            if limits is not None:
+                limits.check(path, (*next(iter(shapes)), len(tif.series)), pages=len(tif.series))
             return np.stack([s.asarray() for s in tif.series], axis=-1)
         series = tif.series[0]
         axes, shape = series.axes.replace("I", "C").replace("Q", "C"), series.shape
+        if limits is not None:
+            limits.check(path, shape, pages=len(series.pages))
+        for ax, n in zip(axes, shape):
+            if ax not in "YXCS" and n != 1:  # refused before anything is read
+                raise BioaugError(f"{path}: axis {ax!r} has {n} planes; only single-plane images are supported")
         page = series.pages[0] if len(series.pages) else None
         contiguous = page is not None and len(series.pages) == 1 and page.is_contiguous and page.is_memmappable
         if contiguous and axes in ("YX", "YXS"):
@@ -241,7 +292,7 @@ def _to_hwc(arr: np.ndarray, axes: str, shape, path: Path) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _npz_arrays(npz_path: str):
-    with np.load(npz_path) as z:
+    with np.load(npz_path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files if k.endswith("_images")}
 
 
@@ -251,4 +302,12 @@ def _npz_member(ref: str) -> np.ndarray:
     arrays = _npz_arrays(npz_path)
     if name not in arrays:
         raise BioaugError(f"{npz_path}: no array {name!r}")
-    return arrays[name][int(index)]
+    return npz_hwc(arrays[name])[int(index)]
+
+
+def npz_hwc(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) images; a channels-first (N, C, H, W) array (C <= 4 ahead of
+    two larger axes, as PyTorch writes them) is read as what it is, not as C-pixel-high images."""
+    if images.ndim == 4 and images.shape[1] <= 4 < min(images.shape[2], images.shape[3]) and images.shape[3] > 4:
+        return np.moveaxis(images, 1, -1)
+    return images

@@ -25,9 +25,18 @@ TEXT_COLUMNS = ("item_id", "image", "group", "label", "kind", "split", "source_s
 SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
+def read_table(path: str | Path, text_columns) -> pd.DataFrame:
+    """A CSV that bioaug wrote: `text_columns` exactly as written (a label "NA", "None" or "0"
+    stays that string), the others numbers (an empty cell is NaN)."""
+    header = pd.read_csv(path, nrows=0).columns
+    text = [c for c in header if c in text_columns]
+    return pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False,
+                       na_values={c: [""] for c in header if c not in text})  # fmt: skip
+
+
 def read_items(path: str | Path) -> pd.DataFrame:
     """index.csv or items.csv as written by `write_items`."""
-    return pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
+    return read_table(path, TEXT_COLUMNS)
 
 
 def write_items(items: pd.DataFrame, path: str | Path) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..runtime import BioaugError, atomic_path
-from .items import class_names
+from .items import class_names, read_table
 
 META_COLUMNS = ["tile_id", "item_id", "label", "image"]
 NORM_COLUMNS = ["image", "channel", "low", "high"]
@@ -126,4 +126,4 @@ def load_tiles(shard_npys, items: pd.DataFrame, splits=("train",)) -> tuple[np.n
 
 def read_shard_table(csv_path: str | Path) -> pd.DataFrame:
     """A shard's tile table (tile_id, item_id, label, image), ids and labels as text."""
-    return pd.read_csv(csv_path, dtype={c: str for c in META_COLUMNS})
+    return read_table(csv_path, META_COLUMNS)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..runtime import BioaugError, atomic_path
+from .items import read_table
 
 META_COLUMNS = ["label", "seed", "checkpoint", "step", "used_for_balance", "filter_confidence"]
 
@@ -41,7 +42,7 @@ def write_class(npy_path, tiles: np.ndarray, meta: pd.DataFrame, summary: dict) 
 
 
 def read_meta(npy_path) -> pd.DataFrame:
-    meta = pd.read_csv(side_files(npy_path)[1], dtype={"label": str, "checkpoint": str})
+    meta = read_table(side_files(npy_path)[1], ("label", "checkpoint"))
     return meta.astype({"seed": np.int64, "step": np.int64, "used_for_balance": bool})
 
 
