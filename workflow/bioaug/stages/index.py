@@ -47,6 +47,7 @@ NPZ_SPLITS = {"train": "train", "val": "val", "test": "test"}
 # Columns the readers add; user columns of these names are bioaug's business, not read.
 INTERNAL = ("source", "kind", "error", "unused")
 OPTIONAL_COLUMNS = ["group"]
+SNAKEMAKE_MARKER = ".snakemake_timestamp"  # Snakemake's own file in a directory output, not an input
 
 
 def run(data_dir, reading: dict, tiles: dict, limits: dict, index_csv, rejected_csv, failed_rejected_csv=None) -> None:
@@ -326,7 +327,7 @@ def unused_files(root: Path, cfg: dict, listed: set[str], mentioned: set[str]) -
     out = []
     for f in sorted(root.rglob("*")):
         rel = str(f.relative_to(root))
-        if f.is_dir() or rel in used:
+        if f.is_dir() or rel in used or rel == SNAKEMAKE_MARKER:
             continue
         parts = f.relative_to(root).parts
         if any(part.startswith(".") for part in parts):
