@@ -72,11 +72,17 @@ def test_bccd_end_to_end_from_url(tmp_path, bccd_url):
     rejected = pd.read_csv(res / "rejected.csv")
     in_archive = boxes_in_archive(archive)
     assert sum(in_archive.values()) == 4888 and in_archive["WBC"] == 372 and in_archive["Platelets"] == 361
-    # every box is an item or a rejection with its reason
-    assert len(items) + len(rejected) == sum(in_archive.values())
-    assert len(rejected) == 2 and rejected["reason"].str.contains("degenerate box").all()
+    # every box is an item or a rejection with its reason; every other file of the archive is listed as unused
+    boxes = rejected[rejected["input"].str.contains("#object")]
+    assert len(items) + len(boxes) == sum(in_archive.values())
+    assert len(boxes) == 2 and boxes["reason"].str.contains("degenerate box").all()
+    with zipfile.ZipFile(archive) as zf:
+        files = {n for n in zf.namelist() if not n.endswith("/")}
+    xmls = {n for n in files if n.startswith("BCCD_Dataset-master/BCCD/Annotations/") and n.endswith(".xml")}
+    unused = set(rejected["input"]) - set(boxes["input"])
+    assert files == set(items["image"]) | unused | xmls
     rejected_per_class = collections.Counter()
-    for ref in rejected["input"]:
+    for ref in boxes["input"]:
         xml, obj = ref.split("#object")
         node = ET.fromstring(zipfile.ZipFile(archive).read(xml.replace("\\", "/")))
         rejected_per_class[node.findall("object")[int(obj)].findtext("name").strip()] += 1
