@@ -11,10 +11,11 @@ from bioaug.config import check_yaml, validate_config
 
 min_version("9.0")
 
-check_yaml("config.yaml")
-
-
-configfile: "config.yaml"
+# The default config.yaml (of the working folder), unless the user gives their own with
+# --configfile: then theirs replaces it instead of being merged into the demo's.
+if not workflow.overwrite_configfiles:
+    check_yaml("config.yaml")
+    workflow.configfile("config.yaml")
 
 
 # Once, before any job: the schema (types, ranges, defaults), then the rules between keys.

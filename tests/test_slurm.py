@@ -17,6 +17,7 @@ About 6-8 minutes on 2 cores (the SLURM run waits on the plugin's status checks,
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -56,6 +57,11 @@ def slurm_cluster():
         pytest.skip("bringing up SLURM (apt-get install, starting munged/slurmctld/... by hand) needs root")
     if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
         pytest.skip("SLURM is not installed and there is no apt-get to install it (Debian/Ubuntu only)")
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:  # an optional extra
+        pip = [sys.executable, "-m", "pip", "install", "-q", "-r", str(REPO / "envs" / "requirements-slurm.txt")]
+        proc = subprocess.run(pip, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"could not install envs/requirements-slurm.txt:\n{proc.stderr[-3000:]}")
     env = {**os.environ, "SLURM_TEST_ACCOUNT": ACCOUNT, "SLURM_TEST_PARTITION": PARTITION}
     t0 = time.perf_counter()
     proc = subprocess.run(["bash", str(CLUSTER_SH), "up"], capture_output=True, text=True, env=env, timeout=900)

@@ -157,3 +157,68 @@ def test_streamed_shard_equals_in_memory_tiles(tmp_path):
         "shard-00000.norm.csv",
         "shard-00000.npy",
     ]
+
+
+def cell_folders(root, size=40, n=2):
+    """Class folders of pre-cropped single-cell RGB images (a bright disc on dark)."""
+    yy, xx = np.mgrid[:size, :size]
+    disc = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 3) ** 2
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            img = np.full((size, size, 3), 20, np.uint8)
+            img[disc] = [200, 120, 60] if cls == "a" else [60, 120, 200]
+            Image.fromarray(img).save(root / cls / f"c{i}.png")
+
+
+@pytest.mark.parametrize("mode, n_tiles", [("auto", 4), ("whole", 4), ("center", 4), ("windows", 4)])
+def test_single_cell_folders_give_one_tile_per_cell(tmp_path, mode, n_tiles):
+    from bioaug.stages.index import index_dataset
+
+    cell_folders(tmp_path)
+    tiles_cfg_ = tiles_cfg(size=32, image_mode=mode, normalise="bit_depth")
+    items, _ = index_dataset(tmp_path, {"format": "class_folders"}, tiles_cfg_)
+    tiles, meta, _ = tile_images(tmp_path, items, sorted(items["image"]), tiles_cfg_)
+    assert len(tiles) == n_tiles and meta["tile_id"].is_unique
+    img = np.asarray(Image.open(tmp_path / "a" / "c0.png"), np.float32) / 255
+    if mode in ("auto", "whole"):  # the whole cell, resized: its centre and its dark corners
+        assert tiles[0].shape == (32, 32, 3)
+        np.testing.assert_allclose(tiles[0][16, 16], [200 / 255, 120 / 255, 60 / 255], atol=1e-6)
+        np.testing.assert_allclose(tiles[0][0, 0], [20 / 255] * 3, atol=1e-6)
+    elif mode == "center":
+        np.testing.assert_allclose(tiles[0], img[4:36, 4:36], atol=1e-6)
+    else:  # a single 32 px window at the top-left corner: the cell is cut
+        np.testing.assert_allclose(tiles[0], img[:32, :32], atol=1e-6)
+
+
+def test_images_smaller_than_the_tile_are_fine_whole_but_not_as_windows(tmp_path):
+    from bioaug.stages.index import index_dataset
+
+    cell_folders(tmp_path, size=20)
+    items, _ = index_dataset(tmp_path, {"format": "class_folders"}, tiles_cfg(size=32))  # auto: whole
+    assert len(items) == 4
+    with pytest.raises(BioaugError, match="smaller than the 32 px tile"):
+        index_dataset(tmp_path, {"format": "class_folders"}, tiles_cfg(size=32, image_mode="windows"))
+
+
+def test_normalisation_methods(tmp_path):
+    from bioaug.stages.tile import normalisation_stats
+
+    rng = np.random.default_rng(0)
+    rgb = np.stack([rng.integers(100, 200, (64, 64)), rng.integers(50, 150, (64, 64)), rng.integers(0, 100, (64, 64))],
+                   axis=-1).astype(np.uint8)  # fmt: skip
+    low, high, method = normalisation_stats(rgb, tiles_cfg(normalise="auto", percentiles=[0, 100]))
+    assert method == "joint" and low.tolist() == [0.0] * 3 and high.tolist() == [199.0] * 3  # one range: hue kept
+    low, high, method = normalisation_stats(rgb, tiles_cfg(normalise="per_channel", percentiles=[0, 100]))
+    assert method == "per_channel" and low.tolist() == [100, 50, 0] and high.tolist() == [199, 149, 99]
+    low, high, method = normalisation_stats(rgb.astype(np.uint16), tiles_cfg(normalise="bit_depth"))
+    assert method == "bit_depth" and high.tolist() == [65535.0] * 3
+    fluo = rng.integers(0, 4000, (32, 32, 2)).astype(np.uint16)
+    assert normalisation_stats(fluo, tiles_cfg(normalise="auto"))[2] == "per_channel"
+    # the tiles of a joint-normalised RGB image keep the channels' order of brightness
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    index = pd.DataFrame({"item_id": ["it0"], "image": ["rgb.png"], "group": "g", "label": "a", "kind": "point",
+                          "x": [32.0], "y": [32.0]})  # fmt: skip
+    tiles, _, norm = tile_images(tmp_path, index, ["rgb.png"], {"size": 16})
+    means = tiles[0].reshape(-1, 3).mean(0)
+    assert means[0] > means[1] > means[2] and set(norm["method"]) == {"joint"}

@@ -17,9 +17,39 @@ class BioaugError(Exception):
     """An error in the user's input or configuration, with a message that names the culprit."""
 
 
+class _BarSafeHandler(logging.StreamHandler):
+    """Console log lines written through tqdm, so they do not collide with a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+class _ProgressToLog:
+    """A file-like sink for tqdm that turns its updates into log lines (off a terminal)."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger = logger
+
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n ")
+        if text:
+            self.logger.info("progress %s", text)
+
+    def flush(self) -> None:
+        pass
+
+
+PROGRESS_LOG_INTERVAL_S = 30.0
+
+
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
     """Log to stderr and, when given, to the rule's log file (which is what survives on a cluster)."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [_BarSafeHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="a"))
@@ -35,10 +65,26 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
 
 
 def progress(iterable=None, *, total: int | None = None, desc: str = ""):
-    """A tqdm bar on a terminal; silent otherwise (stages log their own progress lines)."""
+    """A tqdm bar on a terminal; off a terminal (a cluster job, Snakemake's log) the same
+    progress and ETA as a log line every PROGRESS_LOG_INTERVAL_S seconds."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False)
+    if sys.stderr.isatty():
+        return tqdm(iterable, total=total, desc=desc, leave=False)
+    return tqdm(iterable, total=total, desc=desc, file=_ProgressToLog(log), mininterval=PROGRESS_LOG_INTERVAL_S,
+                maxinterval=PROGRESS_LOG_INTERVAL_S, ascii=True, ncols=100, leave=True)  # fmt: skip
+
+
+def log_devices(logger: logging.Logger | None = None) -> None:
+    """Which platform and devices JAX runs on (so an HPC engineer can confirm the GPU was used)."""
+    import jax
+
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    (logger or log).info(
+        "JAX %s on %s: %d device(s) (%s), %d process(es)", jax.__version__, devices[0].platform,
+        len(devices), ", ".join(kinds), jax.process_count(),
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -125,8 +171,11 @@ JAX_CACHE_DIR = Path("results/.jax-cache")
 
 
 @contextlib.contextmanager
-def stage(smk, *, uses_jax: bool = False):
+def stage(smk, *, uses_jax: bool = False, distributed: bool = False):
     """Run a Snakemake `script:` body: log to the rule's log, turn our errors into clean exits.
+
+    `uses_jax`: set JAX up and log its devices (`distributed`: the stage joins a multi-process
+    run first, and logs the devices itself after that).
 
     A BioaugError (bad input or config) is logged as one readable line naming the problem
     and the job fails with exit status 1; anything else is logged with its traceback.
@@ -136,6 +185,8 @@ def stage(smk, *, uses_jax: bool = False):
     log.info("rule %s, wildcards %s", name, dict(smk.wildcards.items()))
     if uses_jax:
         configure_jax(JAX_CACHE_DIR)
+        if not distributed:
+            log_devices()
     try:
         yield
     except BioaugError as err:

@@ -52,5 +52,5 @@ def save_class_grid(path, class_names: list[str], rows: list[np.ndarray], title:
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, format="png", bbox_inches="tight")  # keep long class labels whole
+    fig.savefig(path, format="png", dpi=150, bbox_inches="tight")  # keep long class labels whole
     plt.close(fig)

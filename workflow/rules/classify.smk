@@ -10,8 +10,6 @@ rule classify:
         "logs/{dataset}/classify-{arm}-{seed}.log",
     group:
         "classify"
-    conda:
-        "../../envs/bioaug.yaml"
     threads: rule_threads("classify")
     resources:
         **rule_resources("classify"),
@@ -31,8 +29,6 @@ rule feature_classifier:
         directory("results/{dataset}/feature_classifier"),
     log:
         "logs/{dataset}/feature_classifier.log",
-    conda:
-        "../../envs/bioaug.yaml"
     threads: rule_threads("feature_classifier")
     resources:
         **rule_resources("feature_classifier"),

@@ -156,10 +156,9 @@ def classify_inputs(wildcards):
         "shards": shard_npys(wildcards),
         "shard_tables": shard_tables(wildcards),
     }
-    data = ARMS[wildcards.arm]["data"]
-    if data == "balanced":
-        inputs["balanced"] = f"results/{wildcards.dataset}/balanced"
-    elif data == "synthetic":
+    # The GAN arms read the synthetic tiles themselves (full precision, whatever balance.format
+    # the balanced dataset is written in); "balanced" arms add the real train tiles.
+    if ARMS[wildcards.arm]["data"] != "real":
         inputs["synthetic"] = synthetic_files("npy")(wildcards)
         inputs["synthetic_tables"] = synthetic_files("csv")(wildcards)
     return inputs

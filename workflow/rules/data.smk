@@ -6,8 +6,6 @@ rule download:
         directory("resources/datasets/{dataset}"),
     log:
         "logs/{dataset}/download.log",
-    conda:
-        "../../envs/bioaug.yaml"
     threads: rule_threads("download")
     resources:
         **rule_resources("download"),
@@ -32,8 +30,6 @@ checkpoint index:
         rejected="results/{dataset}/rejected.csv",
     log:
         "logs/{dataset}/index.log",
-    conda:
-        "../../envs/bioaug.yaml"
     threads: rule_threads("index")
     resources:
         **rule_resources("index"),
@@ -41,7 +37,7 @@ checkpoint index:
         reading=dataset_keys(
             "format", "annotations", "images", "columns", "classes", "on_bad_input"
         ),
-        tiles=section_keys("tiles", "size", "border", "channels"),
+        tiles=section_keys("tiles", "size", "border", "channels", "image_mode"),
         limits=section_keys("limits", "max_image_megapixels", "max_image_pages"),
     script:
         "../scripts/index.py"
@@ -54,8 +50,6 @@ rule split:
         "results/{dataset}/items.csv",
     log:
         "logs/{dataset}/split.log",
-    conda:
-        "../../envs/bioaug.yaml"
     threads: rule_threads("split")
     resources:
         **rule_resources("split"),
@@ -77,8 +71,6 @@ rule tile:
         "logs/{dataset}/tile-{shard}.log",
     group:
         "tiles"
-    conda:
-        "../../envs/bioaug.yaml"
     threads: rule_threads("tile")
     resources:
         **rule_resources("tile"),

@@ -18,8 +18,6 @@ rule train_gan:
         ),
     log:
         "logs/{dataset}/train_gan.log",
-    conda:
-        "../../envs/bioaug.yaml"
     threads: rule_threads("train_gan")
     resources:
         **rule_resources("train_gan"),
@@ -43,13 +41,11 @@ rule generate:
         "logs/{dataset}/generate-{cls}.log",
     group:
         "generate"
-    conda:
-        "../../envs/bioaug.yaml"
     threads: rule_threads("generate")
     resources:
         **rule_resources("generate"),
     params:
-        balance=section("balance"),
+        balance=section_keys("balance", "target", "count"),
         generate=generate_params,
     script:
         "../scripts/generate.py"
@@ -66,11 +62,12 @@ rule balance:
         directory("results/{dataset}/balanced"),
     log:
         "logs/{dataset}/balance.log",
-    conda:
-        "../../envs/bioaug.yaml"
     threads: rule_threads("balance")
     resources:
         **rule_resources("balance"),
+    params:
+        balance=section_keys("balance", "format", "channel_names"),
+        tiles=section_keys("tiles", "normalise", "percentiles"),
     script:
         "../scripts/balance.py"
 
@@ -99,8 +96,6 @@ rule gan_quality:
         ),
     log:
         "logs/{dataset}/gan_quality.log",
-    conda:
-        "../../envs/bioaug.yaml"
     threads: rule_threads("gan_quality")
     resources:
         **rule_resources("gan_quality"),

@@ -7,7 +7,8 @@ rule report:
         items_csv="results/{dataset}/items.csv",
         shards=shard_npys,
         shard_tables=shard_tables,
-        balanced="results/{dataset}/balanced",
+        synthetic=synthetic_files("npy"),
+        synthetic_tables=synthetic_files("csv"),
         gan_log="results/{dataset}/gan/train_log.csv",
         quality="results/{dataset}/gan_quality.csv",
         acceptance=synthetic_files("json"),
@@ -16,7 +17,7 @@ rule report:
             "results/{dataset}/summary.csv",
             caption="../report/summary.rst",
             category="Classifier",
-            labels={"dataset": "{dataset}", "table": "metrics per arm and seed"},
+            labels={"dataset": "{dataset}", "table": "metrics per arm and seed (CSV)"},
         ),
         arm_summary=report(
             "results/{dataset}/arm_summary.csv",
@@ -24,14 +25,35 @@ rule report:
             category="Classifier",
             labels={
                 "dataset": "{dataset}",
-                "table": "per class and arm, with intervals",
+                "table": "per class and arm, with intervals (CSV)",
             },
         ),
         verdicts=report(
             "results/{dataset}/verdicts.csv",
             caption="../report/verdicts.rst",
             category="Verdict",
-            labels={"dataset": "{dataset}", "table": "does the GAN help, per class"},
+            labels={
+                "table": "does the GAN help, per class (CSV)",
+                "dataset": "{dataset}",
+            },
+        ),
+        verdicts_html=report(
+            "results/{dataset}/report/verdicts.html",
+            caption="../report/verdicts.rst",
+            category="Verdict",
+            labels={"table": "does the GAN help, per class", "dataset": "{dataset}"},
+        ),
+        f1_html=report(
+            "results/{dataset}/report/f1_by_arm.html",
+            caption="../report/f1_table.rst",
+            category="Classifier",
+            labels={"dataset": "{dataset}", "table": "test F1 per arm and class"},
+        ),
+        quality_html=report(
+            "results/{dataset}/report/gan_quality.html",
+            caption="../report/gan_quality.rst",
+            category="GAN",
+            labels={"dataset": "{dataset}", "table": "GAN quality per class (table)"},
         ),
         markdown="results/{dataset}/summary.md",
         recall=report(
@@ -69,12 +91,11 @@ rule report:
         ),
     log:
         "logs/{dataset}/report.log",
-    conda:
-        "../../envs/bioaug.yaml"
     threads: rule_threads("report")
     resources:
         **rule_resources("report"),
     params:
         report=section("report"),
+        gan=section_keys("gan", "loss"),
     script:
         "../scripts/report.py"

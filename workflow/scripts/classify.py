@@ -11,6 +11,5 @@ with stage(snakemake, uses_jax=True):
         snakemake.input.shards,
         snakemake.params.classifier,
         snakemake.output[0],
-        balanced_dir=snakemake.input.get("balanced"),
         synthetic_npys=snakemake.input.get("synthetic", []),
     )

@@ -8,11 +8,12 @@ with stage(snakemake):
         metric_jsons=snakemake.input.metrics,
         items_csv=snakemake.input.items_csv,
         shard_npys=snakemake.input.shards,
-        balanced_dir=snakemake.input.balanced,
+        synthetic_npys=snakemake.input.synthetic,
         gan_log=snakemake.input.gan_log,
         quality_csv=snakemake.input.quality,
         acceptance_jsons=snakemake.input.acceptance,
         outputs=dict(snakemake.output.items()),
         dataset=snakemake.wildcards.dataset,
         cfg=snakemake.params.report,
+        gan_loss=snakemake.params.gan["loss"],
     )

@@ -3,7 +3,7 @@
 from bioaug.runtime import stage
 from bioaug.stages import train_gan
 
-with stage(snakemake, uses_jax=True):
+with stage(snakemake, uses_jax=True, distributed=True):
     train_gan.run(
         snakemake.input.items_csv,
         snakemake.input.shards,

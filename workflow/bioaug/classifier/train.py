@@ -418,13 +418,14 @@ def train_classifier(
             }
         )
         log.info(
-            "epoch %d/%d train_loss %.4f val_macro_f1 %.4f val_balanced_accuracy %.4f (%.1fs)",
+            "epoch %d/%d train_loss %.4f val_macro_f1 %.4f val_balanced_accuracy %.4f (%.1fs, ETA %.0f s)",
             epoch,
             epochs,
             train_loss,
             val_f1,
             val_bal,
             seconds,
+            seconds * (epochs - epoch),
         )
         if not math.isfinite(train_loss):
             log.warning("epoch %d: training loss is not finite (%s)", epoch, train_loss)

@@ -7,7 +7,8 @@ prefix:
                       training can stream rows without loading the shard)
   {prefix}.csv        one row per tile: tile_id, item_id, label, image (an item can have
                       several tiles, e.g. sliding windows over an image-level label)
-  {prefix}.norm.csv   per-image, per-channel normalisation statistics (image, channel, low, high)
+  {prefix}.norm.csv   per-image, per-channel normalisation: image, channel, low, high (raw values
+                      mapped to 0 and 1) and method (per_channel | joint | bit_depth)
 The split is not stored here: it comes from items.csv, so changing the split does not
 re-tile anything.
 """
@@ -25,7 +26,7 @@ from ..runtime import BioaugError, atomic_path
 from .items import class_names, read_table
 
 META_COLUMNS = ["tile_id", "item_id", "label", "image"]
-NORM_COLUMNS = ["image", "channel", "low", "high"]
+NORM_COLUMNS = ["image", "channel", "low", "high", "method"]
 
 
 def shard_images(index: pd.DataFrame, shard_size: int, shard: int | None = None):

@@ -55,12 +55,15 @@ def read_class(npy_path, balance_only: bool = False) -> tuple[np.ndarray, pd.Dat
     return tiles, meta
 
 
-def read_synthetic(npy_paths, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Every synthetic tile of the given classes as (x, y, meta), y in `class_names` order."""
+def read_synthetic(
+    npy_paths, class_names: list[str], balance_only: bool = False
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Every synthetic tile (or only the balancing ones) of the given classes as (x, y, meta),
+    y in `class_names` order."""
     index = {n: i for i, n in enumerate(class_names)}
     xs, metas = [], []
     for npy in npy_paths:
-        tiles, meta = read_class(npy)
+        tiles, meta = read_class(npy, balance_only)
         xs.append(tiles)
         metas.append(meta)
     if not xs:

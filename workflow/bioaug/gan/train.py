@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bioaug.runtime import BioaugError, atomic_path, progress
+from bioaug.runtime import BioaugError, atomic_path, log_devices, progress
 
 from .config import GanConfig
 from .devices import check_batch_divisible, make_mesh, maybe_initialize_distributed, process_rows, shardings, to_host
@@ -81,6 +81,7 @@ def train_gan(
     """
     log = log or logging.getLogger("bioaug.gan")
     maybe_initialize_distributed(log)
+    log_devices(log)
     t_start = time.perf_counter()
     tiles, labels, cfg = _validate_data(tiles, labels, class_names, cfg)
     class_names = [str(c) for c in class_names]
@@ -201,12 +202,13 @@ def train_gan(
                     last = {"d_loss": float(avg[0]), "g_loss": float(avg[1])}
                     log.info(
                         "GAN step %d/%d  d_loss %.4f  g_loss %.4f  D(real) %.3f  D(fake) %.3f"
-                        "  R1 %.3g  p %.3f  %.2f steps/s",
+                        "  R1 %.3g  p %.3f  %.2f steps/s  ETA %.0f s",
                         done,
                         cfg.steps,
                         *avg,
                         aug_p,
                         steps_per_s,
+                        (cfg.steps - done) / steps_per_s if steps_per_s > 0 else math.nan,
                     )
                     bar.set_postfix(d_loss=f"{avg[0]:.3f}", g_loss=f"{avg[1]:.3f}")
                     state = {**state, "metrics": jax.device_put(zero_metrics, replicated)}
@@ -219,7 +221,7 @@ def train_gan(
             log.info("GAN already trained to step %d; rewriting its outputs", start)
 
         if is_main:
-            _export(cfg, g_def, state, classes, class_names, Path(generator_dir), Path(samples_png))
+            _export(cfg, g_def, state, classes, class_names, Path(generator_dir), Path(samples_png), checkpoint_dir)
             if csv_file is not None:
                 csv_file.close()
                 csv_file = None
@@ -246,8 +248,22 @@ def train_gan(
 
 
 # ----------------------------------------------------------------------------- helpers
-def _export(cfg: GanConfig, g_def, state, classes, class_names, generator_dir: Path, samples_png: Path) -> None:
+def _relative(path: Path) -> str:
+    """`path` relative to the working folder when inside it (results move with their folder)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _export(
+    cfg: GanConfig, g_def, state, classes, class_names, generator_dir: Path, samples_png: Path, run_dir: Path
+) -> None:
     """Write the EMA generator (recalibrated BatchNorm) and the per-class sample grid.
+
+    The generator is also kept as `run_dir/generator-step<N>` (its "archive" in
+    generator.json): the declared `generator_dir` is overwritten by the next training, the
+    archive is not, so a synthetic tile can be regenerated from its manifest row later.
 
     Works on host copies of the (replicated) EMA weights, on the default device.
     """
@@ -278,9 +294,11 @@ def _export(cfg: GanConfig, g_def, state, classes, class_names, generator_dir: P
         "seed": cfg.seed,
         "trained_classes": [int(c) for c in classes],
         "gan_config": cfg.to_dict(),
+        "archive": _relative(Path(run_dir) / f"generator-step{step}"),
     }
-    with atomic_path(generator_dir) as tmp:
-        write_generator(tmp, params, stats, meta)
+    for folder in (Path(meta["archive"]), generator_dir):
+        with atomic_path(folder) as tmp:
+            write_generator(tmp, params, stats, meta)
 
     forward = make_eval_forward(g_def)
     z = jax.random.normal(jax.random.fold_in(base, _STREAM_GRID), (GRID_PER_CLASS, cfg.z_dim))

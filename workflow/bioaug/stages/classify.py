@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..arms import ARMS, training_options
-from ..formats import balanced, synthetic
+from ..formats import synthetic
 from ..formats.classify_results import write_result
 from ..formats.items import class_names, read_items
 from ..formats.shards import load_tiles
@@ -23,14 +23,14 @@ from ..runtime import BioaugError
 log = logging.getLogger("bioaug.classify")
 
 
-def run(arm: str, seed: int, items_csv, shard_npys, cfg: dict, out_json, balanced_dir=None, synthetic_npys=()) -> dict:
+def run(arm: str, seed: int, items_csv, shard_npys, cfg: dict, out_json, synthetic_npys=()) -> dict:
     """The classify stage: one model, its test metrics to `out_json`."""
-    result = run_arm(arm, seed, read_items(items_csv), shard_npys, cfg, balanced_dir, synthetic_npys)
+    result = run_arm(arm, seed, read_items(items_csv), shard_npys, cfg, synthetic_npys)
     write_result(result, out_json)
     return result
 
 
-def arm_training_data(arm: str, items: pd.DataFrame, shard_npys, balanced_dir=None, synthetic_npys=()):
+def arm_training_data(arm: str, items: pd.DataFrame, shard_npys, synthetic_npys=()):
     """(x, y) the arm trains on."""
     if arm not in ARMS:
         raise BioaugError(f"classifier.arms: unknown arm {arm!r} (known: {list(ARMS)})")
@@ -39,29 +39,25 @@ def arm_training_data(arm: str, items: pd.DataFrame, shard_npys, balanced_dir=No
     if data == "real":
         x, y, _ = load_tiles(shard_npys, items, splits=("train",))
         return x, y
-    if data == "balanced":
-        if balanced_dir is None:
-            raise BioaugError(f"arm {arm!r} needs the balanced dataset")
-        x, manifest = balanced.read_balanced(balanced_dir)
-        return x, manifest["label"].map({n: i for i, n in enumerate(names)}).to_numpy(np.int32)
     if not synthetic_npys:
         raise BioaugError(f"arm {arm!r} needs synthetic tiles, and there are none")
-    x, y, _ = synthetic.read_synthetic(synthetic_npys, names)
+    x, y, _ = synthetic.read_synthetic(synthetic_npys, names, balance_only=data == "balanced")
+    if data == "balanced":  # the balanced dataset's tiles, at full precision: real train + balancing tiles
+        real_x, real_y, _ = load_tiles(shard_npys, items, splits=("train",))
+        return np.concatenate([real_x, x]), np.concatenate([real_y, y])
     if len(x) == 0:
         raise BioaugError(f"arm {arm!r} needs synthetic tiles, and there are none")
     return x, y
 
 
-def run_arm(
-    arm: str, seed: int, items: pd.DataFrame, shard_npys, cfg: dict, balanced_dir=None, synthetic_npys=()
-) -> dict:
+def run_arm(arm: str, seed: int, items: pd.DataFrame, shard_npys, cfg: dict, synthetic_npys=()) -> dict:
     """Train one model, select its epoch on val, score it once on test; returns the metrics."""
     from ..classifier import train_classifier
     from ..metrics import get_metric
 
     t0 = time.time()
     names = class_names(items)
-    train_x, train_y = arm_training_data(arm, items, shard_npys, balanced_dir, synthetic_npys)
+    train_x, train_y = arm_training_data(arm, items, shard_npys, synthetic_npys)
     val_x, val_y, _ = load_tiles(shard_npys, items, splits=("val",))
     log.info(
         "arm %s, seed %d: %d train tiles %s, %d val tiles",

@@ -104,7 +104,7 @@ def generate_class(
         {
             "label": label,
             "seed": seeds,
-            "checkpoint": str(generator_dir),
+            "checkpoint": gen.meta.get("archive", str(generator_dir)),
             "step": int(gen.meta["step"]),
             "used_for_balance": np.arange(k) < n_balance,
             "filter_confidence": conf,

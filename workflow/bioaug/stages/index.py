@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import tiling_rules
 from ..formats.images import IMAGE_SUFFIXES, NPZ_SEPARATOR, ImageLimits, validate_image
 from ..formats.items import ITEM_COLUMNS, REJECTED_COLUMNS, safe_name, write_items, write_rejected
 from ..runtime import BioaugError, progress
@@ -349,7 +350,10 @@ def unused_files(root: Path, cfg: dict, listed: set[str], mentioned: set[str]) -
 
 def _geometry_problem(row, h: int, w: int, tiles: dict) -> str | None:
     size = tiles.get("size", 0)
-    if min(h, w) < size and row["kind"] in ("window", "point", "box"):
+    windows = (
+        row["kind"] == "window" and tiling_rules.image_mode(tiles.get("image_mode", "auto"), h, w, size) == "windows"
+    )
+    if min(h, w) < size and (windows or row["kind"] in ("point", "box")):
         return f"image {w}x{h} is smaller than the {size} px tile"
     if row["kind"] == "point":
         x, y = row["x"], row["y"]

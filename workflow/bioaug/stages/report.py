@@ -1,22 +1,53 @@
-"""Report stage: the summary table and figures, from the per-job metric files only."""
+"""Report stage: the summary tables and figures, from the per-job metric files only.
+
+Each table is built once as formatted cells (`Table`) and written twice, from the same cells:
+as a Markdown table in summary.md and as an HTML table in the self-contained pages that
+`snakemake --report` shows inline (verdicts.html, f1_by_arm.html, gan_quality.html). The CSVs
+(verdicts.csv, arm_summary.csv, summary.csv) stay the machine-readable downloads.
+"""
 
 from __future__ import annotations
 
+import html
+import importlib.metadata
 import logging
+import platform
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from ..formats import balanced
+from ..arms import ARMS, uses_gan
 from ..formats.classify_results import read_results
 from ..formats.items import class_names, read_items
 from ..formats.shards import load_tiles
-from ..formats.synthetic import read_acceptance
+from ..formats.synthetic import read_acceptance, read_synthetic
 from ..runtime import atomic_path
 from ..verdicts import summarise_arms
 
 log = logging.getLogger("bioaug.report")
 GRID_PER_ROW = 8
+DPI = 150
+
+# What each arm trains on, in words (the legend of every table and figure; see arms.py).
+ARM_DESCRIPTIONS = {
+    "real": "the real train tiles as they are (the plain baseline)",
+    "real+classic": "real train tiles with classic augmentation (flips, 90° rotations, intensity jitter)",
+    "oversample": "real train tiles, minibatches drawn class-balanced (rare-class tiles repeated)",
+    "class_weights": "real train tiles, the loss weighted by inverse class frequency",
+    "real+gan": "real train tiles plus GAN tiles that fill each class up to the balance target",
+    "real+gan+classic": "real + GAN tiles (as real+gan) with classic augmentation",
+    "gan_only": "GAN tiles only (every generated tile, no real tile); tested on real tiles like every arm",
+}
+# How bioaug.viz.to_rgb shows 1, 2 and 3+ channels (stored intensities 0-1, not rescaled per tile).
+CHANNEL_KEY = {
+    1: "grey: the one channel",
+    2: "magenta: channel 0, green: channel 1 (white: both)",
+    3: "red, green, blue: channels 0, 1, 2",
+}
+GAN_LOSS_NAMES = {"hinge": "hinge loss", "nonsaturating": "non-saturating loss"}
+# The software whose version the report records (bioaug itself and what computed the numbers).
+SOFTWARE = ("bioaug", "jax", "jaxlib", "flax", "optax", "snakemake")
 
 
 def run(
@@ -24,27 +55,32 @@ def run(
     metric_jsons,
     items_csv,
     shard_npys,
-    balanced_dir,
+    synthetic_npys,
     gan_log,
     quality_csv,
     acceptance_jsons,
     outputs: dict,
     dataset: str,
     cfg: dict,
+    gan_loss: str | None = None,
 ) -> None:
     """The report stage: every table and figure of one dataset, from the stages' files."""
     write_report(
         metric_jsons=metric_jsons,
         items=read_items(items_csv),
         shard_npys=shard_npys,
-        balanced_dir=balanced_dir,
+        synthetic_npys=synthetic_npys,
         gan_log=gan_log,
         quality_csv=quality_csv,
         acceptance_jsons=acceptance_jsons,
         outputs=outputs,
         dataset=dataset,
         n_boot=cfg["bootstrap"],
+        gan_loss=gan_loss,
     )
+
+
+# ----------------------------------------------------------------------------- numbers
 
 
 def summarise(results: list[dict]) -> pd.DataFrame:
@@ -77,6 +113,380 @@ def by_arm(summary: pd.DataFrame) -> pd.DataFrame:
     return agg.reset_index()
 
 
+def arm_order(arms) -> list[str]:
+    """The arms in the order of arms.py (baselines first, then the GAN arms); unknown ones last."""
+    known = [a for a in ARMS if a in set(arms)]
+    return known + sorted(set(arms) - set(known))
+
+
+def support_per_class(results: list[dict], names: list[str]) -> dict[str, int]:
+    """Test tiles per class (every model is scored on the same test tiles; summarise_arms checks it)."""
+    per_class = results[0]["per_class"]
+    return {c: int(per_class[c]["support"]) for c in names}
+
+
+def real_train_counts(items: pd.DataFrame, names: list[str]) -> dict[str, int]:
+    counts = items.loc[items["split"] == "train", "label"].value_counts()
+    return {c: int(counts.get(c, 0)) for c in names}
+
+
+def ordered_verdicts(verdicts: pd.DataFrame, names: list[str], n_test: dict, n_train: dict) -> pd.DataFrame:
+    """The verdicts grouped by class (in class order), GAN arms in arms.py order, with the
+    class's test and real train tile counts."""
+    if not len(verdicts):
+        return verdicts.assign(n_test=pd.Series(dtype=int), n_real_train=pd.Series(dtype=int))
+    rank = {a: i for i, a in enumerate(arm_order(verdicts["gan_arm"].unique()))}
+    out = verdicts.assign(
+        n_test=verdicts["class"].map(n_test),
+        n_real_train=verdicts["class"].map(n_train),
+        _c=verdicts["class"].map({c: i for i, c in enumerate(names)}),
+        _a=verdicts["gan_arm"].map(rank),
+    )
+    cols = ["class", "n_test", "n_real_train"] + [c for c in verdicts.columns if c != "class"]
+    return out.sort_values(["_c", "_a"], kind="stable")[cols].reset_index(drop=True)
+
+
+def selective_synthesis_on(acceptance: pd.DataFrame | None) -> bool:
+    """Whether the synthetic tiles were filtered (generate.min_confidence was set)."""
+    return (
+        acceptance is not None
+        and len(acceptance) > 0
+        and "min_confidence" in acceptance
+        and bool(acceptance["min_confidence"].notna().any())
+    )
+
+
+def software_versions() -> list[tuple[str, str]]:
+    """(package, version) of the software behind the numbers, from the installed metadata."""
+    out = [("python", platform.python_version())]
+    for name in SOFTWARE:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            if name == "bioaug":  # run from a source checkout without installing it
+                from .. import __version__ as version
+            else:
+                version = "not installed"
+        out.append((name, version))
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _fmt(x, digits=2):
+    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _ci(point, lo, hi, digits=2, sign=False):
+    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
+    return f"{f.format(point)} [{f.format(lo)}, {f.format(hi)}]"
+
+
+@dataclass
+class Table:
+    """One table of the report as display strings: written to Markdown and to HTML alike."""
+
+    id: str
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    intro: str = ""  # plain text above the table
+    notes: list[str] = field(default_factory=list)  # plain-text lines below it
+    css: list[str] | None = None  # one CSS class per row (HTML only)
+
+    def markdown(self) -> str:
+        def cell(s: str) -> str:
+            return s.replace("|", "\\|")
+
+        lines = [f"## {self.title}", ""]
+        if self.intro:
+            lines += [self.intro, ""]
+        lines += ["| " + " | ".join(map(cell, self.headers)) + " |", "|" + "---|" * len(self.headers)]
+        lines += ["| " + " | ".join(map(cell, r)) + " |" for r in self.rows]
+        if self.notes:
+            lines += [""] + [f"{n}  " for n in self.notes[:-1]] + self.notes[-1:]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        e = html.escape
+        head = "".join(f"<th>{e(h)}</th>" for h in self.headers)
+        body = []
+        for i, r in enumerate(self.rows):
+            cls = f' class="{e(self.css[i].strip())}"' if self.css and self.css[i].strip() else ""
+            body.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>")
+        parts = [f"<section><h2>{e(self.title)}</h2>"]
+        if self.intro:
+            parts.append(f"<p>{e(self.intro)}</p>")
+        parts.append(f'<table id="{e(self.id)}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+        parts += [f'<p class="note">{e(n)}</p>' for n in self.notes]
+        parts.append("</section>")
+        return "\n".join(parts)
+
+
+def verdict_table(verdicts: pd.DataFrame, n_seeds: int) -> Table:
+    """verdicts: `ordered_verdicts` output."""
+    headers = [
+        "class",
+        "test tiles (n)",
+        "real train tiles (n)",
+        "GAN arm",
+        "GAN arm F1",
+        "best non-GAN arm",
+        "its F1",
+        "difference [95% CI]",
+        "verdict",
+        "note",
+    ]
+    rows, css = [], []
+    for r in verdicts.to_dict("records"):
+        head = [r["class"], str(r["n_test"]), str(r["n_real_train"]), r["gan_arm"]]
+        if r.get("baseline_arm") is None or pd.isna(r.get("baseline_arm")):
+            rows.append(head + ["", "", "", "", r["verdict"], "no arm without GAN tiles to compare with"])
+            css.append("none")
+            continue
+        note = ""
+        if r["gan_f1"] == 0 and r["baseline_f1"] == 0:
+            note = "F1 = 0 in both arms: neither recognises this class"
+        elif r["baseline_f1"] == 0:
+            note = "no arm without GAN tiles recognises this class (F1 = 0)"
+        rows.append(
+            head
+            + [
+                _fmt(r["gan_f1"]),
+                r["baseline_arm"],
+                _fmt(r["baseline_f1"]),
+                _ci(r["difference"], r["diff_lo"], r["diff_hi"], sign=True),
+                r["verdict"],
+                note,
+            ]
+        )
+        css.append(r["verdict"].replace(" ", "-"))
+    for i, r in enumerate(verdicts.to_dict("records")):  # a rule above each class's first row
+        if i == 0 or r["class"] != verdicts["class"].iloc[i - 1]:
+            css[i] += " first"
+    seeds = (
+        f"{n_seeds} seeds (training runs) per arm"
+        if n_seeds > 1
+        else "1 seed per arm, so the intervals cover the test-set sampling only, not the training randomness"
+    )
+    return Table(
+        "verdicts",
+        "Does the GAN help? (per class, test F1)",
+        headers,
+        rows,
+        intro=(
+            "Each row compares, for one class, an arm trained with GAN tiles against the best arm trained without "
+            "(the one with the highest mean test F1 for that class). F1 is between 0 and 1, higher is better; the "
+            "difference is the GAN arm minus that baseline, with a 95% paired bootstrap interval over the test tiles "
+            f"and the seeds ({seeds}). Every score is on real test tiles the models never trained on."
+        ),
+        notes=[
+            "Verdict: helps / hurts when the 95% interval of the F1 difference lies above / below 0, else no "
+            "evidence. No evidence is not evidence of no effect: with few test tiles of a class the interval is "
+            "wide. The baseline is chosen on the test split, which favours it (a conservative comparison for the GAN).",
+        ],
+        css=css,
+    )
+
+
+def arms_table(arms) -> Table:
+    rows = [[a, "yes" if uses_gan(a) else "no", ARM_DESCRIPTIONS.get(a, "")] for a in arm_order(arms)]
+    return Table(
+        "arms",
+        "Arms (ways of handling the class imbalance, each trained with the same classifier and budget)",
+        ["arm", "uses GAN tiles", "trains on"],
+        rows,
+    )
+
+
+def f1_table(arm_table: pd.DataFrame, n_test: dict) -> Table:
+    classes = [c for c in dict.fromkeys(arm_table["class"]) if c != "(macro)"]
+    headers = ["arm"] + [f"{c} (n={n_test[c]})" for c in classes] + ["macro F1", "seconds per model"]
+    rows = []
+    for arm in arm_order(arm_table["arm"].unique()):
+        sub = arm_table[arm_table["arm"] == arm].set_index("class")
+        cells = [_ci(sub.loc[c, "f1"], sub.loc[c, "f1_lo"], sub.loc[c, "f1_hi"]) for c in classes]
+        macro = _ci(sub.loc["(macro)", "f1"], sub.loc["(macro)", "f1_lo"], sub.loc["(macro)", "f1_hi"])
+        rows.append([arm, *cells, macro, f"{sub['mean_seconds_per_model'].iloc[0]:.0f}"])
+    return Table(
+        "f1_by_arm",
+        "Test F1 per arm and class (mean over seeds [95% CI]), and compute time",
+        headers,
+        rows,
+        intro="n = test tiles of the class. Macro F1: the mean over classes, every class counting the same.",
+    )
+
+
+QUALITY_COLUMNS = {  # column of gan_quality.csv -> (header, digits; None for a count, "%" for a share)
+    "n_real_train": ("real train tiles compared (n)", None),
+    "n_synthetic": ("synthetic tiles compared (n)", None),
+    "fid": ("FID", 3),
+    "kid": ("KID", 3),
+    "precision": ("precision", 3),
+    "recall": ("recall", 3),
+    "density": ("density", 3),
+    "coverage": ("coverage", 3),
+    "near_copy_share_feature": ("near-copies, feature space (%)", "%"),
+    "near_copy_share_pixel": ("near-copies, pixel space (%)", "%"),
+}
+
+
+def _quality_cell(x, digits) -> str:
+    if x is None or pd.isna(x):
+        return "n/a"
+    if digits is None:
+        return str(int(x))
+    if digits == "%":
+        return f"{100 * float(x):.1f}"
+    return f"{float(x):.{digits}f}"
+
+
+def quality_table(quality: pd.DataFrame) -> Table:
+    cols = [c for c in QUALITY_COLUMNS if c in quality.columns]
+    rows = [
+        ["all classes" if r["class"] == "all" else str(r["class"])]
+        + [_quality_cell(r[c], QUALITY_COLUMNS[c][1]) for c in cols]
+        for r in quality.to_dict("records")
+    ]
+    return Table(
+        "gan_quality",
+        "GAN quality (in the feature space of a classifier trained on the real train tiles)",
+        ["class"] + [QUALITY_COLUMNS[c][0] for c in cols],
+        rows,
+        intro=(
+            "Synthetic tiles against the real train tiles of the same class (n: the tiles compared, at most "
+            "gan_quality.max_per_class of each per row). FID, KID: distance between the two sets (0 = "
+            "indistinguishable, lower is better; no unit). Precision, density: are synthetic tiles realistic; "
+            "recall, coverage: do they cover the real variety (precision, recall, coverage from 0 to 1, higher is "
+            "better; density about 1 for a realistic set). Near-copies: share of synthetic tiles closer to a train "
+            "tile than 99% of the real test tiles are (high values mean the GAN copies its training images)."
+        ),
+        notes=[
+            "FID and KID are computed in bioaug's own feature space (the classifier above), not in the Inception "
+            "features of published FID values: compare them between runs on this dataset only.",
+            "n/a: undefined for the class (e.g. no synthetic tiles).",
+        ],
+    )
+
+
+ACCEPTANCE_COLUMNS = {
+    "n_real": ("real train tiles (n)", None),
+    "target": ("target (n)", None),
+    "needed_for_balance": ("needed for balance (n)", None),
+    "generated": ("kept (n)", None),
+    "drawn": ("drawn (n)", None),
+    "acceptance_rate": ("acceptance rate", 3),
+    "min_confidence": ("min confidence", 2),
+    "short_by": ("short by (n)", None),
+}
+
+
+def acceptance_table(acceptance: pd.DataFrame) -> Table:
+    cols = [c for c in ACCEPTANCE_COLUMNS if c in acceptance.columns]
+    rows = [
+        [str(r["label"])] + [_quality_cell(r[c], ACCEPTANCE_COLUMNS[c][1]) for c in cols]
+        for r in acceptance.sort_values("label").to_dict("records")
+    ]
+    return Table(
+        "acceptance",
+        "Selective synthesis: GAN tiles kept per class",
+        ["class"] + [ACCEPTANCE_COLUMNS[c][0] for c in cols],
+        rows,
+        intro=(
+            "A drawn GAN tile was kept only if the classifier trained on real tiles assigned it to its intended "
+            "class with at least the minimum confidence. Short by: tiles the class lacks after the draw limit."
+        ),
+    )
+
+
+def software_table(versions: list[tuple[str, str]]) -> Table:
+    return Table(
+        "software",
+        "Software",
+        ["package", "version"],
+        [[p, v] for p, v in versions],
+        intro="Versions installed where this report was made (the report job).",
+    )
+
+
+def summary_tables(
+    verdicts: pd.DataFrame,
+    arm_table: pd.DataFrame,
+    quality: pd.DataFrame | None,
+    acceptance: pd.DataFrame | None,
+    n_test: dict,
+    n_seeds: int,
+    versions: list[tuple[str, str]],
+) -> dict[str, Table]:
+    """Every table of the report, by id; acceptance only with selective synthesis on."""
+    tables = {
+        "verdicts": verdict_table(verdicts, n_seeds),
+        "arms": arms_table(arm_table["arm"].unique()),
+        "f1_by_arm": f1_table(arm_table, n_test),
+    }
+    if quality is not None:
+        tables["gan_quality"] = quality_table(quality)
+    if selective_synthesis_on(acceptance):
+        tables["acceptance"] = acceptance_table(acceptance)
+    tables["software"] = software_table(versions)
+    return tables
+
+
+def summary_markdown(dataset: str, tables: dict[str, Table]) -> str:
+    order = ["verdicts", "arms", "f1_by_arm", "gan_quality", "acceptance", "software"]
+    parts = [f"# bioaug summary: {dataset}"] + [tables[k].markdown() for k in order if k in tables]
+    return "\n\n".join(parts) + "\n"
+
+
+PAGE_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1e293b; margin: 1.5em;
+       max-width: 80em; line-height: 1.4; background: #fff; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
+th, td { border: 1px solid #cbd5e1; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f1f5f9; }
+td { font-variant-numeric: tabular-nums; white-space: nowrap; }
+td:last-child { white-space: normal; min-width: 12em; }
+tr.first td { border-top: 2px solid #64748b; }
+tr.helps td:nth-child(9) { background: #dcfce7; font-weight: bold; }
+tr.hurts td:nth-child(9) { background: #fee2e2; font-weight: bold; }
+tr.no-evidence td:nth-child(9) { color: #475569; }
+p.note, p.footer { color: #475569; font-size: 0.85em; max-width: 60em; }
+p { max-width: 60em; }
+"""
+
+
+def html_page(title: str, tables: list[Table], footer: str = "") -> str:
+    e = html.escape
+    body = "\n".join(t.html() for t in tables)
+    foot = f'<p class="footer">{e(footer)}</p>' if footer else ""
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+        f"<style>{PAGE_CSS}</style></head>\n<body><h1>{e(title)}</h1>\n{body}\n{foot}\n</body></html>\n"
+    )
+
+
+def write_html_pages(dataset: str, tables: dict[str, Table], outputs: dict) -> None:
+    """The pages shown inline by `snakemake --report` (an .html result is shown in a frame)."""
+    versions = tables["software"].rows
+    footer = "Made with " + ", ".join(f"{p} {v}" for p, v in versions) + "."
+    pages = {
+        "verdicts_html": (f"bioaug, dataset {dataset}: verdicts", ["verdicts", "arms", "software"], ""),
+        "f1_html": (f"bioaug, dataset {dataset}: test F1 per arm", ["f1_by_arm", "arms"], footer),
+        "quality_html": (f"bioaug, dataset {dataset}: GAN quality", ["gan_quality", "acceptance"], footer),
+    }
+    for key, (title, ids, foot) in pages.items():
+        if key not in outputs:
+            continue
+        shown = [tables[i] for i in ids if i in tables]
+        with atomic_path(outputs[key]) as tmp:
+            tmp.write_text(html_page(title, shown, foot))
+
+
+# ----------------------------------------------------------------------------- figures
+
+
 def _plt():
     import matplotlib
 
@@ -86,180 +496,153 @@ def _plt():
     return plt
 
 
-def plot_recall_by_arm(summary: pd.DataFrame, path) -> None:
+def _save(fig, path) -> None:
+    plt = _plt()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _class_ticks(classes, n_test: dict | None) -> list[str]:
+    return [f"{c}\n(n={n_test[c]})" if n_test and c in n_test else c for c in classes]
+
+
+def plot_recall_by_arm(summary: pd.DataFrame, path, n_test: dict | None = None) -> None:
     plt = _plt()
     classes = [c[len("recall[") : -1] for c in summary.columns if c.startswith("recall[")]
-    arms = sorted(summary["arm"].unique())
+    arms = arm_order(summary["arm"].unique())
     width = 0.8 / len(arms)
-    fig, ax = plt.subplots(figsize=(1.6 * len(classes) + 2, 3.5))
+    fig, ax = plt.subplots(figsize=(1.6 * len(classes) + 2, 3.8))
     for i, arm in enumerate(arms):
         sub = summary[summary["arm"] == arm]
         means = [sub[f"recall[{c}]"].mean() for c in classes]
         errs = [sub[f"recall[{c}]"].std(ddof=0) for c in classes]
         xs = np.arange(len(classes)) + (i - (len(arms) - 1) / 2) * width
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=f"{arm} (n={len(sub)} seeds)")
+        hatch = "//" if arm in ARMS and uses_gan(arm) else None
+        ax.bar(
+            xs,
+            means,
+            width,
+            yerr=errs,
+            capsize=3,
+            hatch=hatch,
+            label=f"{arm} ({len(sub)} seed{'s' if len(sub) != 1 else ''})",
+        )
         for _, r in sub.iterrows():  # the individual seeds, so nothing hides behind a mean
             ax.scatter(xs, [r[f"recall[{c}]"] for c in classes], s=8, color="k", zorder=3)
-    ax.set_xticks(np.arange(len(classes)), classes)
-    ax.set_ylabel("test recall")
+    ax.set_xticks(np.arange(len(classes)), _class_ticks(classes, n_test))
+    ax.set_xlabel("class (n = test tiles)")
+    ax.set_ylabel("test recall (share of the class's test tiles found)")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Per-class recall on the real test split (bars: mean ± sd over seeds)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    ax.legend(
+        fontsize=8, title="arm (hatched: uses GAN tiles)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1)
+    )
+    ax.set_title("Per-class recall on the real test split (bars: mean ± sd over seeds; dots: seeds)", fontsize=10)
+    _save(fig, path)
 
 
-def plot_gan_losses(gan_log: pd.DataFrame, path) -> None:
+def plot_gan_losses(gan_log: pd.DataFrame, path, loss: str | None = None) -> None:
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    axes[0].plot(gan_log["step"], gan_log["d_loss"], label="D loss")
-    axes[0].plot(gan_log["step"], gan_log["g_loss"], label="G loss")
-    axes[0].set_xlabel("step")
-    axes[0].legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot(gan_log["step"], gan_log["d_loss"], label="discriminator (D) loss")
+    axes[0].plot(gan_log["step"], gan_log["g_loss"], label="generator (G) loss")
+    axes[0].set_xlabel("GAN training step")
+    axes[0].set_ylabel(GAN_LOSS_NAMES.get(loss, f"{loss} loss") if loss else "loss")
+    axes[0].legend(fontsize=8)
     axes[0].set_title("Losses")
-    axes[1].plot(gan_log["step"], gan_log["d_real"], label="D(real)")
-    axes[1].plot(gan_log["step"], gan_log["d_fake"], label="D(fake)")
-    axes[1].set_xlabel("step")
-    axes[1].legend()
-    axes[1].set_title("Discriminator outputs")
+    axes[1].plot(gan_log["step"], gan_log["d_real"], label="D(real tiles)")
+    axes[1].plot(gan_log["step"], gan_log["d_fake"], label="D(generated tiles)")
+    axes[1].axhline(0, color="grey", lw=0.6)
+    axes[1].set_xlabel("GAN training step")
+    axes[1].set_ylabel("D output (mean logit)")
+    axes[1].legend(fontsize=8)
+    axes[1].set_title("Discriminator outputs (real > 0 > generated: D tells them apart)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
-def plot_real_vs_synthetic(items: pd.DataFrame, shard_npys, balanced_dir, path, seed: int = 0) -> None:
-    """Two rows per class: real train tiles, then synthetic tiles (when the class has any)."""
+def plot_real_vs_synthetic(items: pd.DataFrame, shard_npys, synthetic_npys, path, seed: int = 0) -> None:
+    """Two rows per class: real train tiles (a random pick), then the first synthetic tiles of
+    the class (all generated tiles, the balancing ones first; a class may have none)."""
     from ..viz import save_class_grid
 
+    names_ = class_names(items)
     x_real, y_real, _ = load_tiles(shard_npys, items, splits=("train",))
-    manifest = balanced.read_manifest(balanced_dir)
+    x_syn, y_syn, _ = read_synthetic(synthetic_npys, names_) if len(synthetic_npys) else (None, np.zeros(0), None)
     rng = np.random.default_rng(seed)
     names, rows = [], []
-    for ci, cls in enumerate(class_names(items)):
+    for ci, cls in enumerate(names_):
         idx = np.flatnonzero(y_real == ci)
         pick = rng.choice(idx, size=min(GRID_PER_ROW, len(idx)), replace=False)
-        names.append(f"{cls} real")
+        names.append(f"{cls}: real")
         rows.append(x_real[pick])
-        syn = manifest[(manifest["label"] == cls) & (manifest["origin"] == "synthetic")]
+        syn = np.flatnonzero(y_syn == ci)[:GRID_PER_ROW]
         if len(syn):
-            names.append(f"{cls} synthetic")
-            rows.append(balanced.read_tiles(balanced_dir, syn["path"].iloc[:GRID_PER_ROW]))
+            names.append(f"{cls}: synthetic")
+            rows.append(x_syn[syn])
+    title = "Real (train) vs synthetic (GAN) tiles per class\n" + CHANNEL_KEY.get(min(x_real.shape[-1], 3))
     with atomic_path(path) as tmp:
-        save_class_grid(tmp, names, rows, title="Real (train) vs synthetic tiles per class")
+        save_class_grid(tmp, names, rows, title=title)
 
 
-def plot_f1_with_intervals(arm_table: pd.DataFrame, path) -> None:
+def plot_f1_with_intervals(arm_table: pd.DataFrame, path, n_test: dict | None = None) -> None:
     """Per-class F1 by arm with bootstrap 95% intervals (seeds and test tiles resampled)."""
     plt = _plt()
     table = arm_table[arm_table["class"] != "(macro)"]
     classes = list(dict.fromkeys(table["class"]))
-    arms = sorted(table["arm"].unique())
+    arms = arm_order(table["arm"].unique())
     width = 0.8 / len(arms)
     fig, ax = plt.subplots(figsize=(1.8 * len(classes) + 3, 3.8))
     for i, arm in enumerate(arms):
         sub = table[table["arm"] == arm].set_index("class").loc[classes]
         xs = np.arange(len(classes)) + (i - (len(arms) - 1) / 2) * width
         err = np.vstack([sub["f1"] - sub["f1_lo"], sub["f1_hi"] - sub["f1"]]).clip(min=0)
-        ax.bar(xs, sub["f1"], width, yerr=err, capsize=2, label=arm)
-    ax.set_xticks(np.arange(len(classes)), classes)
+        hatch = "//" if arm in ARMS and uses_gan(arm) else None
+        ax.bar(xs, sub["f1"], width, yerr=err, capsize=2, hatch=hatch, label=arm)
+        ax.scatter(xs, sub["f1"], marker="_", s=40, color="k", zorder=3)  # so an F1 of 0 shows too
+    ax.set_xticks(np.arange(len(classes)), _class_ticks(classes, n_test))
+    ax.set_xlabel("class (n = test tiles)")
     ax.set_ylabel("test F1")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
-    ax.set_title("Per-class F1 by arm (mean over seeds, 95% bootstrap interval)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    ax.legend(
+        fontsize=8, title="arm (hatched: uses GAN tiles)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1)
+    )
+    ax.set_title("Per-class F1 by arm (mean over seeds, 95% bootstrap interval)", fontsize=10)
+    _save(fig, path)
 
 
 def plot_confusions(results: list[dict], class_names_: list[str], path) -> None:
     """Row-normalised test confusion matrix per arm, summed over seeds."""
     plt = _plt()
-    arms = sorted({r["arm"] for r in results})
+    arms = arm_order({r["arm"] for r in results})
     cols = min(4, len(arms))
     rows = int(np.ceil(len(arms) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), squeeze=False)
     for ax, arm in zip(axes.flat, arms):
         cm = sum(np.asarray(r["confusion_matrix"], float) for r in results if r["arm"] == arm)
+        n_seeds = sum(r["arm"] == arm for r in results)
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
         for (i, j), v in np.ndenumerate(norm):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
-        ax.set_xticks(range(len(class_names_)), class_names_, rotation=45, fontsize=7)
-        ax.set_yticks(range(len(class_names_)), class_names_, fontsize=7)
-        ax.set_title(arm, fontsize=9)
+        ax.set_xticks(range(len(class_names_)), class_names_, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(
+            range(len(class_names_)), [f"{c} (n={int(n)})" for c, n in zip(class_names_, cm.sum(1))], fontsize=7
+        )
+        ax.set_xlabel("predicted class", fontsize=8)
+        ax.set_ylabel("true class", fontsize=8)
+        ax.set_title(f"{arm} ({n_seeds} seed{'s' if n_seeds != 1 else ''})", fontsize=9)
     for ax in list(axes.flat)[len(arms) :]:
         ax.axis("off")
-    fig.suptitle("Test confusion (rows: true class, normalised; summed over seeds)")
+    fig.suptitle(
+        "Test confusion per arm: share of each true class (row) predicted as each class; rows sum to 1\n"
+        "n = test tiles of the class × seeds"
+    )
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _fmt(x, digits=2):
-    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
-
-
-def summary_markdown(
-    dataset: str,
-    verdicts: pd.DataFrame,
-    arm_table: pd.DataFrame,
-    quality: pd.DataFrame | None,
-    acceptance: pd.DataFrame | None = None,
-) -> str:
-    lines = [
-        f"# bioaug summary: {dataset}",
-        "",
-        "## Does the GAN help? (per class, test F1, paired bootstrap over seeds and test tiles)",
-        "",
-        "| class | GAN arm | F1 | best non-GAN arm | its F1 | difference [95% CI] | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in verdicts.to_dict("records"):
-        if r.get("baseline_arm") is None:
-            lines.append(f"| {r['class']} | {r['gan_arm']} | | | | | {r['verdict']} |")
-            continue
-        lines.append(
-            f"| {r['class']} | {r['gan_arm']} | {_fmt(r['gan_f1'])} | {r['baseline_arm']} | "
-            f"{_fmt(r['baseline_f1'])} | {r['difference']:+.2f} [{r['diff_lo']:+.2f}, {r['diff_hi']:+.2f}] | "
-            f"**{r['verdict']}** |"
-        )
-    lines += [
-        "",
-        "## F1 per arm and class (mean over seeds [95% CI]), and compute time",
-        "",
-        "| arm | " + " | ".join(dict.fromkeys(arm_table["class"])) + " | seconds per model |",
-        "|---|" + "---|" * (arm_table["class"].nunique() + 1),
-    ]
-    for arm, sub in arm_table.groupby("arm", sort=True):
-        cells = [f"{_fmt(r['f1'])} [{_fmt(r['f1_lo'])}, {_fmt(r['f1_hi'])}]" for r in sub.to_dict("records")]
-        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {sub['mean_seconds_per_model'].iloc[0]:.0f} |")
-    if quality is not None:
-        lines += [
-            "",
-            "## GAN quality (feature space of a classifier trained on real train tiles)",
-            "",
-            quality.to_markdown(index=False, floatfmt=".3f"),
-        ]
-    if acceptance is not None and len(acceptance):
-        lines += [
-            "",
-            "## Synthetic tiles per class (selective synthesis: acceptance by the real-trained classifier)",
-            "",
-            acceptance.to_markdown(index=False, floatfmt=".3f"),
-        ]
-    lines += [
-        "",
-        "Verdict: *helps* / *hurts* when the 95% interval of the F1 difference excludes 0, "
-        "else *no evidence*. The baseline per class is the non-GAN arm with the highest mean test F1 "
-        "(a choice that favours the baseline).",
-        "",
-    ]
-    return "\n".join(lines)
+# ----------------------------------------------------------------------------- the stage
 
 
 def write_report(
@@ -267,13 +650,14 @@ def write_report(
     metric_jsons,
     items: pd.DataFrame,
     shard_npys,
-    balanced_dir,
+    synthetic_npys,
     gan_log,
     outputs: dict,
     quality_csv,
     acceptance_jsons,
     dataset: str,
     n_boot: int,
+    gan_loss: str | None = None,
 ) -> None:
     names = class_names(items)
     results = read_results(metric_jsons)
@@ -281,22 +665,27 @@ def write_report(
     with atomic_path(outputs["summary"]) as tmp:
         summary.to_csv(tmp, index=False)
     arm_table, verdicts = summarise_arms(results, names, n_boot=n_boot)
+    n_test = support_per_class(results, names)
+    verdicts = ordered_verdicts(verdicts, names, n_test, real_train_counts(items, names))
     with atomic_path(outputs["arm_summary"]) as tmp:
         arm_table.to_csv(tmp, index=False)
     with atomic_path(outputs["verdicts"]) as tmp:
         verdicts.to_csv(tmp, index=False)
     quality = pd.read_csv(quality_csv) if quality_csv else None
     acceptance = read_acceptance(acceptance_jsons)
+    n_seeds = int(arm_table["n_seeds"].min())
+    tables = summary_tables(verdicts, arm_table, quality, acceptance, n_test, n_seeds, software_versions())
     with atomic_path(outputs["markdown"]) as tmp:
-        tmp.write_text(summary_markdown(dataset, verdicts, arm_table, quality, acceptance))
+        tmp.write_text(summary_markdown(dataset, tables))
+    write_html_pages(dataset, tables, outputs)
     log.info(
         "summary by arm (mean over seeds):\n%s",
         by_arm(summary)[["arm", "balanced_accuracy_mean", "macro_f1_mean"]].to_string(index=False),
     )
     if len(verdicts):
         log.info("verdicts:\n%s", verdicts.to_string(index=False))
-    plot_recall_by_arm(summary, outputs["recall"])
-    plot_f1_with_intervals(arm_table, outputs["f1"])
+    plot_recall_by_arm(summary, outputs["recall"], n_test)
+    plot_f1_with_intervals(arm_table, outputs["f1"], n_test)
     plot_confusions(results, names, outputs["confusion"])
-    plot_gan_losses(pd.read_csv(gan_log), outputs["losses"])
-    plot_real_vs_synthetic(items, shard_npys, balanced_dir, outputs["grid"])
+    plot_gan_losses(pd.read_csv(gan_log), outputs["losses"], gan_loss)
+    plot_real_vs_synthetic(items, shard_npys, synthetic_npys, outputs["grid"])

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import tiling_rules
 from ..formats.images import open_image
 from ..formats.items import read_items
 from ..formats.shards import NORM_COLUMNS, ShardWriter, shard_images
@@ -49,6 +50,23 @@ def percentile_stats(sample: np.ndarray, low_pct: float, high_pct: float) -> tup
         return stats[:, 0].astype(np.float32), stats[:, 1].astype(np.float32)
     low, high = np.percentile(flat.astype(np.float32, copy=False), [low_pct, high_pct], axis=0)
     return low.astype(np.float32), high.astype(np.float32)
+
+
+def normalisation_stats(sample: np.ndarray, cfg: dict) -> tuple[np.ndarray, np.ndarray, str]:
+    """(low, high, method) per channel of an image from its raw `sample` (tiles.normalise)."""
+    c = sample.shape[-1]
+    method = tiling_rules.normalise_method(cfg["normalise"], sample.dtype, c)
+    if method == "bit_depth":
+        if np.issubdtype(sample.dtype, np.integer):
+            info = np.iinfo(sample.dtype)
+            low, high = np.full(c, max(info.min, 0), np.float32), np.full(c, info.max, np.float32)
+        else:
+            low, high = np.zeros(c, np.float32), np.ones(c, np.float32)
+        return low, high, method
+    if method == "joint":  # one low/high over all channels: the colour balance stays
+        lo, hi = percentile_stats(sample.reshape(-1, 1), *cfg["percentiles"])
+        return np.repeat(lo, c), np.repeat(hi, c), method
+    return (*percentile_stats(sample, *cfg["percentiles"]), method)
 
 
 def _hist_percentiles(values: np.ndarray, pcts) -> list[float]:
@@ -113,6 +131,15 @@ def _item_tiles(src, row, cfg: dict, low, high):
         yield [""], [resize(src.region(top, left, side, side), size)]
     elif kind == "array":
         yield [""], [resize(src.read(), size)]
+    elif kind == "window" and (mode := tiling_rules.image_mode(cfg["image_mode"], *src.shape[:2], size)) != "windows":
+        h, w, _ = src.shape
+        if mode == "whole":  # the whole (pre-cropped) image, padded to a square with its edge, resized
+            image = src.read()
+            side = max(h, w)
+            pad = ((side - h) // 2, side - h - (side - h) // 2), ((side - w) // 2, side - w - (side - w) // 2), (0, 0)
+            yield [""], [resize(np.pad(image, pad, mode="edge"), size)]
+        else:  # center: a tile-sized crop at the centre (reflect-padded when the image is smaller)
+            yield [""], [src.region((h - size) // 2, (w - size) // 2, size, size)]
     elif kind == "window":
         h, w, _ = src.shape
         stride = cfg["stride"] or size
@@ -137,7 +164,6 @@ def iter_tiles(root: str | Path, index: pd.DataFrame, images: list[str], cfg: di
     streamed to disk with bounded memory.
     """
     root = Path(root)
-    low_pct, high_pct = cfg["percentiles"]
     wanted = set(images)
     by_image = {img: rows for img, rows in index[index["image"].isin(wanted)].groupby("image", sort=False)}
     n_empty = 0
@@ -151,10 +177,11 @@ def iter_tiles(root: str | Path, index: pd.DataFrame, images: list[str], cfg: di
                 f"{root / image}: has {src.shape[-1]} channel(s), other images in this shard have "
                 f"{channels}; choose common channels with tiles.channels"
             )
-        low, high = percentile_stats(src.sample(raw=True), low_pct, high_pct)
+        low, high, method = normalisation_stats(src.sample(raw=True), cfg)
         if stats is not None:
             stats.extend(
-                {"image": image, "channel": c, "low": lo, "high": hi} for c, (lo, hi) in enumerate(zip(low, high))
+                {"image": image, "channel": c, "low": lo, "high": hi, "method": method}
+                for c, (lo, hi) in enumerate(zip(low, high))
             )
         rows = by_image[image]
         fixed = (rows["kind"] == "point") | ((rows["kind"] == "box") & (cfg["context"] == "fixed"))

@@ -1,0 +1,476 @@
+"""What the report says, read back: summary.md's rows and the HTML tables (the pages that
+`snakemake --report` shows inline) checked against the metric files, cell by cell at the
+printed precision; the figures' labels and resolution; the sections that depend on the config."""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bioaug import viz
+from bioaug.arms import ARMS, uses_gan
+from bioaug.formats.synthetic import read_acceptance, write_class
+from bioaug.metrics.classification import classification_metrics
+from bioaug.stages import report
+from bioaug.verdicts import summarise_arms
+from conftest import planned_jobs, run_snakemake
+
+# ----------------------------------------------------------------------------- readers of the report
+
+
+def split_row(line: str) -> list[str]:
+    cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+    return [c.strip().replace("\\|", "|") for c in cells]
+
+
+def md_tables(text: str) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Markdown tables by the title of their `## ` section: (headers, rows)."""
+    lines: dict[str, list[str]] = {}
+    title = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            title = line[3:]
+        elif line.startswith("|") and title is not None:
+            lines.setdefault(title, []).append(line)
+    out = {}
+    for t, ls in lines.items():
+        assert set(ls[1].replace("|", "")) == {"-"}, ls[1]
+        out[t] = (split_row(ls[0]), [split_row(x) for x in ls[2:]])
+    return out
+
+
+def md_table(text: str, title_start: str):
+    found = [v for t, v in md_tables(text).items() if t.startswith(title_start)]
+    assert len(found) == 1, f"{title_start!r}: {len(found)} sections in\n{text}"
+    return found[0]
+
+
+class _Tables(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tables, self._table, self._row, self._cell = {}, None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._table = self.tables.setdefault(dict(attrs)["id"], [])
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+            self._table.append(self._row)
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def html_tables(text: str) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """HTML tables by id: (headers, rows)."""
+    parser = _Tables()
+    parser.feed(text)
+    return {k: (rows[0], rows[1:]) for k, rows in parser.tables.items()}
+
+
+def f2(x) -> str:
+    return f"{x:.2f}"
+
+
+def ci(point, lo, hi, sign=False) -> str:
+    f = (lambda v: f"{v:+.2f}") if sign else f2
+    return f"{f(point)} [{f(lo)}, {f(hi)}]"
+
+
+# ----------------------------------------------------------------------------- checks shared by both tests
+
+MD_TITLES = {
+    "verdicts": "Does the GAN help?",
+    "arms": "Arms",
+    "f1_by_arm": "Test F1 per arm",
+    "gan_quality": "GAN quality",
+    "acceptance": "Selective synthesis",
+    "software": "Software",
+}
+
+
+def expected_f1(results: list[dict], arm: str, cls: str) -> float:
+    """Mean over seeds of the per-class test F1 in the metric files."""
+    return float(np.mean([r["per_class"][cls]["f1"] for r in results if r["arm"] == arm]))
+
+
+def check_report_tables(
+    md: str,
+    pages: dict[str, str],
+    results: list[dict],
+    arm_table: pd.DataFrame,
+    verdicts: pd.DataFrame,
+    n_real_train: dict[str, int],
+    quality: pd.DataFrame | None,
+    acceptance: pd.DataFrame | None,
+) -> None:
+    """summary.md and the HTML pages say what the metric files and the CSVs say."""
+    names = results[0]["class_names"]
+    arms = sorted({r["arm"] for r in results})
+    # test tiles per class: counted from the per-tile truths, equal to each file's support
+    n_test = dict(zip(names, np.bincount(results[0]["y_true"], minlength=len(names)).tolist()))
+    for r in results:
+        assert {c: r["per_class"][c]["support"] for c in names} == n_test
+
+    # the verdict table: one row per (class, GAN arm), numbers from the metric files
+    headers, rows = md_table(md, MD_TITLES["verdicts"])
+    assert headers[:3] == ["class", "test tiles (n)", "real train tiles (n)"] and "verdict" in headers
+    gan_arms = [a for a in arms if uses_gan(a)]
+    assert len(rows) == len(verdicts) == len(gan_arms) * len(names)
+    by_key = {(r[0], r[3]): r for r in rows}
+    baselines = [a for a in arms if not uses_gan(a)]
+    for v in verdicts.to_dict("records"):
+        row = by_key[(v["class"], v["gan_arm"])]
+        gan_f1 = expected_f1(results, v["gan_arm"], v["class"])
+        base_f1 = max(expected_f1(results, a, v["class"]) for a in baselines)
+        assert v["gan_f1"] == pytest.approx(gan_f1) and v["baseline_f1"] == pytest.approx(base_f1)
+        assert expected_f1(results, v["baseline_arm"], v["class"]) == pytest.approx(base_f1)  # the best one
+        assert v["difference"] == pytest.approx(gan_f1 - base_f1)
+        assert row[1] == str(n_test[v["class"]]) == str(v["n_test"])
+        assert row[2] == str(n_real_train[v["class"]]) == str(v["n_real_train"])
+        assert row[4:9] == [  # printed from the CSV's values (equal to the files' up to float rounding)
+            f2(v["gan_f1"]),
+            v["baseline_arm"],
+            f2(v["baseline_f1"]),
+            ci(v["difference"], v["diff_lo"], v["diff_hi"], sign=True),
+            v["verdict"],
+        ]
+        lo_excl, hi_excl = v["diff_lo"] > 0, v["diff_hi"] < 0
+        assert v["verdict"] == ("helps" if lo_excl else "hurts" if hi_excl else "no evidence")
+    # rows grouped by class, in class order
+    assert [r[0] for r in rows] == [c for c in names for _ in gan_arms]
+
+    # the arm legend: every arm, in words
+    _, arm_rows = md_table(md, MD_TITLES["arms"])
+    assert [r[0] for r in arm_rows] == [a for a in ARMS if a in arms]
+    assert all(r[1] == ("yes" if uses_gan(r[0]) else "no") and r[2] for r in arm_rows)
+
+    # the F1 table: arm x class cells from arm_summary.csv, point estimates from the metric files
+    headers, rows = md_table(md, MD_TITLES["f1_by_arm"])
+    assert headers == ["arm", *(f"{c} (n={n_test[c]})" for c in names), "macro F1", "seconds per model"]
+    assert sorted(r[0] for r in rows) == arms
+    for row in rows:
+        sub = arm_table[arm_table["arm"] == row[0]].set_index("class")
+        for cell, c in zip(row[1:], names):
+            assert sub.loc[c, "f1"] == pytest.approx(expected_f1(results, row[0], c))
+            assert cell == ci(sub.loc[c, "f1"], sub.loc[c, "f1_lo"], sub.loc[c, "f1_hi"])
+        macro = sub.loc["(macro)"]
+        assert row[-2] == ci(macro["f1"], macro["f1_lo"], macro["f1_hi"])
+        secs = np.mean([r["seconds"] for r in results if r["arm"] == row[0]])
+        assert row[-1] == f"{secs:.0f}"
+
+    # GAN quality: gan_quality.csv at the printed precision
+    if quality is not None:
+        headers, rows = md_table(md, MD_TITLES["gan_quality"])
+        assert len(rows) == len(quality)
+        for row, q in zip(rows, quality.to_dict("records")):
+            assert row[0] == ("all classes" if q["class"] == "all" else q["class"])
+            assert row[1:3] == [str(q["n_real_train"]), str(q["n_synthetic"])]
+            for col, cell in zip(["fid", "kid", "precision", "recall", "density", "coverage"], row[3:9]):
+                assert cell == ("n/a" if pd.isna(q[col]) else f"{q[col]:.3f}"), (col, q["class"])
+            for col, cell in zip(["near_copy_share_feature", "near_copy_share_pixel"], row[9:11]):
+                assert cell == ("n/a" if pd.isna(q[col]) else f"{100 * q[col]:.1f}"), (col, q["class"])
+
+    # selective synthesis: the acceptance section exactly when the filter was on
+    selective = acceptance is not None and acceptance["min_confidence"].notna().any()
+    has_section = any(t.startswith(MD_TITLES["acceptance"]) for t in md_tables(md))
+    assert has_section == selective
+    assert ("acceptance" in html_tables(pages["quality_html"])) == selective
+    if selective:
+        _, rows = md_table(md, MD_TITLES["acceptance"])
+        acc = acceptance.set_index("label")
+        for row in rows:
+            a = acc.loc[row[0]]
+            assert row[1:6] == [
+                str(int(a[k])) for k in ("n_real", "target", "needed_for_balance", "generated", "drawn")
+            ]
+            assert row[6] == f"{a['acceptance_rate']:.3f}" and row[7] == f"{a['min_confidence']:.2f}"
+
+    # software versions, as installed
+    _, rows = md_table(md, MD_TITLES["software"])
+    versions = dict((r[0], r[1]) for r in rows)
+    for pkg in ("bioaug", "jax", "flax", "optax", "snakemake"):
+        assert versions[pkg] == importlib.metadata.version(pkg)
+
+    # the HTML pages show the same cells as summary.md
+    shown = {}
+    for page in pages.values():
+        for table_id, table in html_tables(page).items():
+            assert table_id not in shown or shown[table_id] == table
+            shown[table_id] = table
+    assert {"verdicts", "arms", "f1_by_arm", "software"} <= set(shown)
+    for table_id, title in MD_TITLES.items():
+        if table_id in shown:
+            assert shown[table_id] == md_table(md, title), table_id
+
+
+# ----------------------------------------------------------------------------- fast: synthetic inputs
+
+
+def fake_results(rng, names, arms, seeds, n=40) -> list[dict]:
+    y_true = rng.integers(0, len(names), n)
+    out = []
+    for arm in arms:
+        for seed in seeds:
+            skill = {"real": 0.5, "oversample": 0.6, "real+gan": 0.8}.get(arm, 0.4)
+            y_pred = np.where(rng.random(n) < skill, y_true, rng.integers(0, len(names), n))
+            m = classification_metrics(y_true, y_pred, None, names)
+            m.update(
+                arm=arm,
+                seed=seed,
+                split="test",
+                n_train_per_class=[10] * len(names),
+                best_epoch=1,
+                history=[],
+                seconds=1.0 + seed,
+                train_seconds=1.0,
+                test_tile_ids=[f"t{i}" for i in range(n)],
+                y_true=y_true.tolist(),
+                y_pred=y_pred.tolist(),
+            )
+            out.append(m)
+    return out
+
+
+def build_report(tmp_path, results, names, quality, acceptance):
+    arm_table, verdicts = summarise_arms(results, names, n_boot=200)
+    n_test = report.support_per_class(results, names)
+    n_train = {c: 10 + i for i, c in enumerate(names)}
+    verdicts = report.ordered_verdicts(verdicts, names, n_test, n_train)
+    n_seeds = int(arm_table["n_seeds"].min())
+    tables = report.summary_tables(
+        verdicts, arm_table, quality, acceptance, n_test, n_seeds, report.software_versions()
+    )
+    md = report.summary_markdown("demo", tables)
+    outputs = {k: tmp_path / f"{k}.html" for k in ("verdicts_html", "f1_html", "quality_html")}
+    report.write_html_pages("demo", tables, outputs)
+    pages = {k: p.read_text() for k, p in outputs.items()}
+    return md, pages, arm_table, verdicts, n_train
+
+
+def fake_quality(names) -> pd.DataFrame:
+    rows = [{"class": "all", "n_real_train": 30, "n_synthetic": 20}] + [
+        {"class": c, "n_real_train": 10, "n_synthetic": 0 if i == 0 else 10} for i, c in enumerate(names)
+    ]
+    q = pd.DataFrame(rows)
+    for j, col in enumerate(["fid", "kid", "precision", "recall", "density", "coverage"]):
+        q[col] = [0.1234 * (j + 1) + 0.01 * i for i in range(len(q))]
+    q["near_copy_share_feature"], q["near_copy_share_pixel"] = 0.0125, 0.5
+    q.loc[1, ["fid", "kid", "precision", "near_copy_share_pixel"]] = np.nan  # the class without synthetic tiles
+    return q
+
+
+def acceptance_of(label: str, i: int, min_confidence) -> dict:
+    """The acceptance figures of one class, as generate writes them."""
+    return {
+        "label": label,
+        "n_real": 10,
+        "target": 20,
+        "needed_for_balance": 10,
+        "generated": 18,
+        "drawn": 40 + i,
+        "acceptance_rate": 18 / (40 + i),
+        "min_confidence": min_confidence,
+        "short_by": 2,
+    }
+
+
+def fake_acceptance(names, min_confidence) -> pd.DataFrame:
+    return pd.DataFrame([acceptance_of(c, i, min_confidence) for i, c in enumerate(names)])
+
+
+@pytest.mark.parametrize("min_confidence", [None, 0.8])
+def test_tables_say_what_the_metric_files_say(tmp_path, min_confidence):
+    names = ["common", "rare|odd <class>"]  # a class name with Markdown and HTML metacharacters
+    results = fake_results(np.random.default_rng(0), names, ["real", "oversample", "real+gan", "gan_only"], [0, 1])
+    quality, acceptance = fake_quality(names), fake_acceptance(names, min_confidence)
+    md, pages, arm_table, verdicts, n_train = build_report(tmp_path, results, names, quality, acceptance)
+    check_report_tables(md, pages, results, arm_table, verdicts, n_train, quality, acceptance)
+    assert "2 seeds (training runs) per arm" in md
+    assert "<class>" not in pages["verdicts_html"]  # escaped
+
+
+def test_one_seed_and_a_class_nobody_recognises_are_said_in_words(tmp_path):
+    names = ["a", "b"]
+    results = fake_results(np.random.default_rng(1), names, ["real", "real+gan"], [0])
+    for r in results:  # nobody ever predicts class b
+        r["y_pred"] = [0] * len(r["y_pred"])
+        r.update(classification_metrics(r["y_true"], r["y_pred"], None, names))
+    md, pages, *_ = build_report(tmp_path, results, names, None, None)
+    _, rows = md_table(md, "Does the GAN help?")
+    assert rows[1][0] == "b" and rows[1][-1] == "F1 = 0 in both arms: neither recognises this class"
+    assert "1 seed per arm, so the intervals cover the test-set sampling only" in md
+    assert "gan_quality" not in html_tables(pages["quality_html"])
+
+
+def test_gan_arms_alone_have_no_baseline(tmp_path):
+    names = ["a", "b"]
+    results = fake_results(np.random.default_rng(4), names, ["real+gan", "gan_only"], [0])
+    md, pages, *_ = build_report(tmp_path, results, names, None, None)
+    headers, rows = md_table(md, "Does the GAN help?")
+    assert len(rows) == 4 and all(r[headers.index("verdict")] == "no baseline" for r in rows)
+    assert html_tables(pages["verdicts_html"])["verdicts"] == (headers, rows)
+
+
+def test_every_arm_is_explained():
+    assert set(report.ARM_DESCRIPTIONS) == set(ARMS)
+
+
+def test_selective_synthesis_is_read_from_the_acceptance_files(tmp_path):
+    names = ["a", "b"]
+    for min_conf in (None, 0.9):
+        paths = []
+        for c in names:
+            meta = pd.DataFrame(
+                {"label": [c], "seed": [1], "checkpoint": ["x"], "step": [1], "used_for_balance": [True]}
+            ).assign(filter_confidence=np.nan)
+            path = tmp_path / f"{c}-{min_conf}.npy"
+            write_class(path, np.zeros((1, 4, 4, 1), np.float32), meta, acceptance_of(c, 0, min_conf))
+            paths.append(path.with_suffix(".json"))
+        assert report.selective_synthesis_on(read_acceptance(paths)) == (min_conf is not None)
+    assert not report.selective_synthesis_on(pd.DataFrame())
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures each plot function made, kept open (after being saved) to read their labels."""
+    made = []
+
+    def save(fig, path):
+        with report.atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=report.DPI, bbox_inches="tight")
+        made.append(fig)
+
+    monkeypatch.setattr(report, "_save", save)
+    yield made
+    report._plt().close("all")
+
+
+def png_dpi(path) -> float:
+    return min(Image.open(path).info["dpi"])
+
+
+def test_figures_have_labelled_axes_and_150_dpi(tmp_path, figures):
+    names = ["a", "b", "c"]
+    results = fake_results(np.random.default_rng(2), names, ["real", "real+gan", "gan_only"], [0, 1])
+    arm_table, _ = summarise_arms(results, names, n_boot=50)
+    n_test = report.support_per_class(results, names)
+    summary = report.summarise(results)
+    log = pd.DataFrame({"step": [10, 20], "d_loss": [1.9, 1.5], "g_loss": [0.3, 0.6], "d_real": [0.1, 0.4]})
+    log["d_fake"] = [-0.1, -0.3]
+    report.plot_confusions(results, names, tmp_path / "confusion.png")
+    report.plot_gan_losses(log, tmp_path / "losses.png", "hinge")
+    report.plot_recall_by_arm(summary, tmp_path / "recall.png", n_test)
+    report.plot_f1_with_intervals(arm_table, tmp_path / "f1.png", n_test)
+    confusion, losses, recall, f1 = figures
+    for ax in confusion.axes[:3]:
+        assert ax.get_xlabel() == "predicted class" and ax.get_ylabel().startswith("true class")
+        # row labels carry the test tiles of each class (summed over the 2 seeds)
+        assert [t.get_text() for t in ax.get_yticklabels()] == [f"{c} (n={2 * n_test[c]})" for c in names]
+    assert [ax.get_ylabel() for ax in losses.axes] == ["hinge loss", "D output (mean logit)"]
+    assert all(ax.get_xlabel() == "GAN training step" for ax in losses.axes)
+    for fig, ylabel in ((recall, "test recall"), (f1, "test F1")):
+        ax = fig.axes[0]
+        assert ax.get_ylabel().startswith(ylabel) and ax.get_xlabel() == "class (n = test tiles)"
+        assert [t.get_text() for t in ax.get_xticklabels()] == [f"{c}\n(n={n_test[c]})" for c in names]
+    for png in ("confusion", "losses", "recall", "f1"):
+        assert png_dpi(tmp_path / f"{png}.png") == pytest.approx(150, abs=0.5)
+
+
+def test_real_vs_synthetic_reads_the_synthetic_npy_files(tmp_path, monkeypatch):
+    items = pd.DataFrame({"label": ["a", "b", "c"] * 4, "split": "train"})
+    rng = np.random.default_rng(3)
+    x_real = rng.random((12, 6, 6, 2)).astype(np.float32)
+    y_real = np.array([0, 1, 2] * 4)
+    monkeypatch.setattr(report, "load_tiles", lambda shards, items, splits: (x_real, y_real, None))
+    syn = {}
+    for c, k in (("a", 10), ("c", 3)):  # b has no synthetic tiles
+        syn[c] = rng.random((k, 6, 6, 2)).astype(np.float32)
+        meta = pd.DataFrame(
+            {"label": c, "seed": np.arange(k), "checkpoint": "x", "step": 1, "used_for_balance": np.arange(k) < 2}
+        ).assign(filter_confidence=np.nan)
+        write_class(tmp_path / f"{c}.npy", syn[c], meta, {"label": c, "min_confidence": None})
+    grids = []
+    real_save = viz.save_class_grid
+    monkeypatch.setattr(
+        viz, "save_class_grid", lambda path, n, r, title: grids.append((n, r, title)) or real_save(path, n, r, title)
+    )
+    out = tmp_path / "grid.png"
+    report.plot_real_vs_synthetic(items, [], [tmp_path / "a.npy", tmp_path / "c.npy"], out)
+    row_names, rows, title = grids[0]
+    assert row_names == ["a: real", "a: synthetic", "b: real", "c: real", "c: synthetic"]
+    np.testing.assert_array_equal(rows[1], syn["a"][: report.GRID_PER_ROW])  # the first tiles, all rows
+    np.testing.assert_array_equal(rows[4], syn["c"])
+    assert "magenta: channel 0, green: channel 1" in title
+    assert png_dpi(out) == pytest.approx(150, abs=0.5)
+
+
+# ----------------------------------------------------------------------------- slow: a finished tiny run
+
+
+@pytest.mark.slow
+def test_tiny_run_report_says_what_its_metric_files_say(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    results = [json.loads(p.read_text()) for p in sorted((res / "classify").glob("*/seed-*.json"))]
+    items = pd.read_csv(res / "items.csv", dtype={"label": str})
+    n_real_train = items.loc[items["split"] == "train", "label"].value_counts().to_dict()
+    acceptance = read_acceptance(sorted((res / "synthetic").glob("*.json")))
+    pages = {
+        "verdicts_html": (res / "report" / "verdicts.html").read_text(),
+        "f1_html": (res / "report" / "f1_by_arm.html").read_text(),
+        "quality_html": (res / "report" / "gan_quality.html").read_text(),
+    }
+    check_report_tables(
+        (res / "summary.md").read_text(),
+        pages,
+        results,
+        pd.read_csv(res / "arm_summary.csv", dtype={"class": str}),
+        pd.read_csv(res / "verdicts.csv", dtype={"class": str}),
+        n_real_train,
+        pd.read_csv(res / "gan_quality.csv", dtype={"class": str}),
+        acceptance,
+    )
+    assert acceptance["min_confidence"].isna().all()  # tiny.yaml: no selective synthesis, so no section
+    for png in ("recall_by_arm", "f1_by_arm", "confusion", "gan_losses", "real_vs_synthetic"):
+        assert png_dpi(res / "report" / f"{png}.png") == pytest.approx(150, abs=0.5), png
+    # the report does not read the balanced dataset (whose file format is a user's choice)
+    assert planned_jobs(tiny_run, "--forcerun", "balance") == {"balance": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_html_report_shows_the_tables_inline(copy_of_run):
+    """In `snakemake --report`, the tables are HTML results (shown in a frame, like a figure),
+    and the CSVs stay downloads."""
+    run_snakemake(copy_of_run, "--report", "report.html")
+    page = (copy_of_run / "report.html").read_text()
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", page, re.S).group(1))
+    by_name = {entry["filename"]: entry for entry in results.values()}
+    res = copy_of_run / "results" / "tiny"
+    for name in ("verdicts.html", "f1_by_arm.html", "gan_quality.html"):
+        entry = by_name[name]
+        assert entry["mime_type"] == "text/html", name
+        embedded = base64.b64decode(entry["data_uri"].split("base64,", 1)[1]).decode()
+        assert embedded == (res / "report" / name).read_text()
+    for name in ("verdicts.csv", "arm_summary.csv", "summary.csv", "gan_quality.csv"):
+        assert by_name[name]["mime_type"] == "text/csv", name
+    verdict_rows = html_tables(base64.b64decode(by_name["verdicts.html"]["data_uri"].split(",", 1)[1]).decode())
+    assert len(verdict_rows["verdicts"][1]) == len(pd.read_csv(res / "verdicts.csv"))
+    assert "Start with the" in page  # the workflow description, with its pointer to the verdicts
