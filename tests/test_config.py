@@ -229,3 +229,19 @@ def test_gan_config_takes_the_validated_section():
     gan = validate_config(copy.deepcopy(MINIMAL))["gan"]
     cfg = GanConfig.from_section(gan, tile_size=32, channels=2, n_classes=2)
     assert cfg.lr_d == gan["lr_d"] and cfg.g_channels == tuple(gan["g_channels"]) and cfg.conditional_bn
+
+
+def test_a_users_configfile_replaces_the_default(tmp_path):
+    """--configfile runs exactly the user's datasets (config.yaml's demo is not merged in), and a
+    config giving only `datasets:` is complete."""
+    from conftest import planned_jobs
+
+    write_config(tmp_path, load_tiny_config())  # the folder's own config.yaml: dataset "tiny"
+    mine = copy.deepcopy(MINIMAL)
+    mine["datasets"]["mine"] = mine["datasets"].pop("d")
+    mine.update(tiles={"size": 16}, gan={"g_channels": [32, 16], "d_channels": [16, 32]})
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(mine))
+    out = run_snakemake(tmp_path, "--dry-run", "--configfile", str(tmp_path / "my.yaml")).stdout
+    assert "resources/datasets/mine" in out and "datasets/tiny" not in out
+    assert planned_jobs(tmp_path)["download"] == 1  # without --configfile: the folder's config.yaml
+    assert "datasets/tiny" in run_snakemake(tmp_path, "--dry-run").stdout

@@ -57,6 +57,8 @@ BASE_TILES = {
     "stride": TILE,
     "min_foreground": 0.0,
     "foreground_threshold": 0.25,
+    "normalise": "per_channel",
+    "image_mode": "windows",
 }
 
 

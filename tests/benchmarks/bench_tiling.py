@@ -49,6 +49,8 @@ TILES_CFG = {
     "stride": None,
     "min_foreground": 0.0,
     "foreground_threshold": 0.25,
+    "normalise": "per_channel",
+    "image_mode": "windows",
 }
 CLASSES = {"interphase": 0.70, "elongated": 0.17, "mitotic": 0.10, "apoptotic": 0.03}
 

@@ -38,7 +38,7 @@ def write_tile(path: Path, tile: np.ndarray) -> None:
 
 
 def write_manifest(rows: list[dict], folder: Path) -> pd.DataFrame:
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype({"step": "Int64", "seed": "Int64"})  # 40, not 40.0
     manifest.to_csv(Path(folder) / MANIFEST, index=False)
     return manifest
 
