@@ -10,6 +10,8 @@ rule classify:
         "logs/{dataset}/classify-{arm}-{seed}.log",
     group:
         "classify"
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("classify")
     resources:
         **rule_resources("classify"),
@@ -29,6 +31,8 @@ rule feature_classifier:
         directory("results/{dataset}/feature_classifier"),
     log:
         "logs/{dataset}/feature_classifier.log",
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("feature_classifier")
     resources:
         **rule_resources("feature_classifier"),

@@ -6,6 +6,8 @@ rule download:
         directory("resources/datasets/{dataset}"),
     log:
         "logs/{dataset}/download.log",
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("download")
     resources:
         **rule_resources("download"),
@@ -30,6 +32,8 @@ checkpoint index:
         rejected="results/{dataset}/rejected.csv",
     log:
         "logs/{dataset}/index.log",
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("index")
     resources:
         **rule_resources("index"),
@@ -50,6 +54,8 @@ rule split:
         "results/{dataset}/items.csv",
     log:
         "logs/{dataset}/split.log",
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("split")
     resources:
         **rule_resources("split"),
@@ -71,6 +77,8 @@ rule tile:
         "logs/{dataset}/tile-{shard}.log",
     group:
         "tiles"
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("tile")
     resources:
         **rule_resources("tile"),

@@ -18,6 +18,8 @@ rule train_gan:
         ),
     log:
         "logs/{dataset}/train_gan.log",
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("train_gan")
     resources:
         **rule_resources("train_gan"),
@@ -41,6 +43,8 @@ rule generate:
         "logs/{dataset}/generate-{cls}.log",
     group:
         "generate"
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("generate")
     resources:
         **rule_resources("generate"),
@@ -62,6 +66,8 @@ rule balance:
         directory("results/{dataset}/balanced"),
     log:
         "logs/{dataset}/balance.log",
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("balance")
     resources:
         **rule_resources("balance"),
@@ -96,6 +102,8 @@ rule gan_quality:
         ),
     log:
         "logs/{dataset}/gan_quality.log",
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("gan_quality")
     resources:
         **rule_resources("gan_quality"),

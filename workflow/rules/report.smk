@@ -91,6 +91,8 @@ rule report:
         ),
     log:
         "logs/{dataset}/report.log",
+    conda:
+        "../../envs/bioaug.yaml"
     threads: rule_threads("report")
     resources:
         **rule_resources("report"),
