@@ -19,7 +19,7 @@ def write_shard(npy_path, tiles: np.ndarray, meta: pd.DataFrame, norm: pd.DataFr
     if len(tiles) != len(meta):
         raise ValueError(f"{npy_path}: {len(tiles)} tiles but {len(meta)} metadata rows")
     with ShardWriter(npy_path, tiles.shape[1:3]) as writer:
-        writer.add(tiles, meta[META_COLUMNS].to_dict("records"))
+        writer.add(tiles, meta.reindex(columns=META_COLUMNS).to_dict("records"))
         writer.finish(norm)
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from bioaug.formats.items import safe_name
 from conftest import load_tiny_config, planned_jobs, run_snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -38,8 +39,17 @@ def test_outputs_and_contracts(tiny_run):
     syn = manifest[manifest["origin"] == "synthetic"]
     assert len(syn) == train_counts.max() * train_counts.size - train_counts.sum()
     assert syn["seed"].notna().all() and syn["checkpoint"].notna().all()
-    tile = tifffile.imread(res / "balanced" / syn["path"].iloc[0])
-    assert tile.shape == (16, 16, 2) and tile.dtype == np.float32 and 0 <= tile.min() <= tile.max() <= 1
+    # the default format: 8-bit ImageJ hyperstacks (2 channels), the synthetic tiles' values to within 1/255
+    with tifffile.TiffFile(res / "balanced" / syn["path"].iloc[0]) as tif:
+        tile, axes, ij = tif.asarray(), tif.series[0].axes, tif.imagej_metadata
+    assert tile.shape == (2, 16, 16) and tile.dtype == np.uint8 and axes == "CYX" and ij["channels"] == 2
+    first = syn.iloc[0]
+    label_npy = res / "synthetic" / f"{safe_name(first['label'])}.npy"
+    generated = np.load(label_npy)[0]  # the first balancing tile of its class
+    np.testing.assert_array_equal(tile, np.rint(np.clip(generated, 0, 1) * 255).astype(np.uint8).transpose(2, 0, 1))
+    assert set(manifest[["format", "dtype", "scale"]].itertuples(index=False, name=None)) == {("tiff", "uint8", 255)}
+    assert set(real["normalisation"]) == {"per_channel"} and real["low"].str.count("[|]").eq(1).all()
+    assert (res / "balanced" / "README.txt").exists()
 
     # GAN log, classifier metrics, summary and figures.
     gan_log = pd.read_csv(res / "gan" / "train_log.csv")

@@ -222,3 +222,56 @@ def test_normalisation_methods(tmp_path):
     tiles, _, norm = tile_images(tmp_path, index, ["rgb.png"], {"size": 16})
     means = tiles[0].reshape(-1, 3).mean(0)
     assert means[0] > means[1] > means[2] and set(norm["method"]) == {"joint"}
+
+
+def write_sized_tiffs(root) -> dict[str, float | None]:
+    """TIFFs stating their pixel size in the ways writers do (and ways that state none), with
+    the microns per pixel bioaug should read from each."""
+    img = np.zeros((40, 40), np.uint16)
+    img[10:30, 10:30] = 1000
+    cases = {
+        "imagej_um.tif": (dict(imagej=True, resolution=(1 / 0.325,) * 2, metadata={"unit": "um"}), 0.325),
+        "imagej_micron.tif": (dict(imagej=True, resolution=(2.0, 2.0), metadata={"unit": "micron"}), 0.5),
+        "imagej_nm.tif": (dict(imagej=True, resolution=(1 / 65.0,) * 2, metadata={"unit": "nm"}), 0.065),
+        "imagej_pixel.tif": (dict(imagej=True, resolution=(1.0, 1.0), metadata={"unit": "pixel"}), None),
+        "ome.ome.tif": (dict(metadata={"PhysicalSizeX": 0.2, "PhysicalSizeXUnit": "µm"}), 0.2),
+        "ome_nm.ome.tif": (dict(metadata={"PhysicalSizeX": 108.0, "PhysicalSizeXUnit": "nm"}), 0.108),
+        "per_cm.tif": (dict(resolution=(10000.0, 10000.0), resolutionunit="CENTIMETER"), 1.0),
+        "per_inch.tif": (dict(resolution=(72.0, 72.0), resolutionunit="INCH"), None),  # a screen setting
+        "plain.tif": ({}, None),
+    }
+    for name, (kwargs, _) in cases.items():
+        tifffile.imwrite(root / name, img, **kwargs)
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "dpi.png", dpi=(300, 300))  # PNG: never
+    return {**{name: want for name, (_, want) in cases.items()}, "dpi.png": None}
+
+
+def test_pixel_size_is_read_where_the_file_states_it(tmp_path):
+    from bioaug.formats.images import open_image
+
+    for name, want in write_sized_tiffs(tmp_path).items():
+        got = open_image(tmp_path / name).pixel_size_um
+        assert got == (pytest.approx(want, rel=1e-6) if want is not None else None), name
+
+
+@pytest.mark.parametrize("mode, zoom", [("whole", 40 / 32), ("center", 1.0)])
+def test_tiles_carry_their_pixel_size(tmp_path, mode, zoom):
+    """The tile table's pixel_size_um: the source's, times source pixels per tile pixel where
+    the image was resized (whole), as it is for crops; empty where the source has none."""
+    from bioaug.formats.shards import read_shard_table
+    from bioaug.stages.tile import tile_shard
+
+    wants = write_sized_tiffs(tmp_path)
+    images = sorted(wants)
+    index = pd.DataFrame({"item_id": [f"it{i}" for i in range(len(images))], "image": images, "group": images,
+                          "label": "a", "kind": "window", "x": np.nan, "y": np.nan})  # fmt: skip
+    cfg = tiles_cfg(size=32, image_mode=mode)
+    tile_shard(tmp_path, index, images, cfg, tmp_path / "out" / "shard-00000.npy")
+    table = read_shard_table(tmp_path / "out" / "shard-00000.csv").set_index("image")
+    assert table["pixel_size_um"].dtype == np.float64
+    for image, want in wants.items():
+        got = table.loc[image, "pixel_size_um"]
+        if want is None:
+            assert np.isnan(got), image
+        else:
+            assert got == pytest.approx(want * zoom, rel=1e-6), image

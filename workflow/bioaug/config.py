@@ -157,6 +157,16 @@ def check_config(config: dict) -> None:
         balance = dataset_section(config, ds, "balance")
         if balance["target"] == "fixed" and not balance["count"]:
             raise BioaugError(f"{key('balance', 'count')}: required when balance.target is 'fixed'")
+        names = balance["channel_names"]
+        if names is not None and len(set(names)) != len(names):
+            raise BioaugError(f"{key('balance', 'channel_names')}: {names} are not distinct")
+        if tiles["channels"] is not None and names is not None:  # the channel count is known: check now
+            n_channels = len(tiles["channels"])
+            if len(names) != n_channels:
+                raise BioaugError(
+                    f"{key('balance', 'channel_names')}: {len(names)} names for the {n_channels} channels "
+                    f"that tiles.channels keeps"
+                )
 
         for section in ("classifier", "feature_classifier"):
             n_pool = len(dataset_section(config, ds, section)["channels"])

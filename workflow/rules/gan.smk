@@ -73,7 +73,7 @@ rule balance:
         **rule_resources("balance"),
     params:
         balance=section_keys("balance", "format", "channel_names"),
-        tiles=section_keys("tiles", "normalise", "percentiles"),
+        tiles=section_keys("tiles", "percentiles"),
     script:
         "../scripts/balance.py"
 

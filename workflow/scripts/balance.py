@@ -4,4 +4,11 @@ from bioaug.runtime import stage
 from bioaug.stages import balance
 
 with stage(snakemake):
-    balance.run(snakemake.input.items_csv, snakemake.input.shards, snakemake.input.synthetic, snakemake.output[0])
+    balance.run(
+        snakemake.input.items_csv,
+        snakemake.input.shards,
+        snakemake.input.synthetic,
+        snakemake.output[0],
+        cfg=snakemake.params.balance,
+        tiles=snakemake.params.tiles,
+    )

@@ -6,6 +6,11 @@ TIFFs are read through tifffile's zarr interface (LazyTiff), so tiling a 16k x 1
 keeps only the tiles in flight in memory. Small compressed TIFFs, PNG and JPEG are read whole.
 Images inside an NPZ file are addressed as `file.npz::{split}_images/{index}`.
 All arrays come back as (H, W, C) float32.
+
+A TIFF's pixel size (microns per pixel) is read where the file states it in physical units:
+OME-XML PhysicalSizeX, ImageJ's `unit` with the X resolution, or a resolution per centimetre.
+A resolution per inch is a print or screen setting (72 dpi), not the specimen's, so it is not
+taken; PNG, JPEG and NPZ images have no pixel size.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ class ImageLimits:
 class ImageSource:
     """An image as (H, W, C), readable by region; `array` is a numpy array or a memmap."""
 
-    def __init__(self, path: str, array: np.ndarray, channels: list[int] | None):
+    def __init__(self, path: str, array: np.ndarray, channels: list[int] | None, pixel_size_um: float | None = None):
         if array.dtype.type not in SUPPORTED_DTYPES:
             raise BioaugError(f"{path}: unsupported pixel type {array.dtype}")
         if channels is not None:
@@ -63,6 +68,7 @@ class ImageSource:
         self.path = path
         self.array = array
         self.channels = list(channels) if channels is not None else None
+        self.pixel_size_um = pixel_size_um  # microns per pixel, None where the file does not say
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -174,6 +180,7 @@ def open_image(path: str | Path, channels: list[int] | None = None, limits: Imag
     """Open an image for reading; raises BioaugError naming the file on any problem. With
     `limits`, an image above them is refused before its pixels are read."""
     path_s = str(path)
+    pixel_size = None
     try:
         if NPZ_SEPARATOR in path_s:
             arr = _npz_member(path_s)
@@ -181,7 +188,7 @@ def open_image(path: str | Path, channels: list[int] | None = None, limits: Imag
             path = Path(path)
             suffix = path.suffix.lower()
             if suffix in TIFF_SUFFIXES:
-                arr = _read_tiff(path, limits)
+                arr, pixel_size = _read_tiff(path, limits)
             elif suffix in RASTER_SUFFIXES:
                 arr = _read_raster(path, limits)
             else:
@@ -194,7 +201,7 @@ def open_image(path: str | Path, channels: list[int] | None = None, limits: Imag
         raise BioaugError(f"{path_s}: image file not found") from None
     except Exception as err:
         raise BioaugError(f"{path_s}: not a readable image ({type(err).__name__}: {err})") from err
-    return ImageSource(path_s, arr, channels)
+    return ImageSource(path_s, arr, channels, pixel_size)
 
 
 def validate_image(
@@ -241,32 +248,66 @@ def _read_raster(path: Path, limits: ImageLimits | None) -> np.ndarray:
         return np.asarray(im)
 
 
-def _read_tiff(path: Path, limits: ImageLimits | None = None) -> np.ndarray:
+# Microns per unit of the length units TIFF writers put in ImageJ's `unit` and OME's PhysicalSizeXUnit.
+UNIT_MICRONS = {"um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3}
+UNIT_MICRONS.update({"cm": 1e4, "m": 1e6, "å": 1e-4, "angstrom": 1e-4})
+
+
+def tiff_pixel_size(tif) -> float | None:
+    """Microns per pixel (X) stated by an open tifffile.TiffFile, or None."""
+    size = None
+    if tif.is_ome and tif.ome_metadata:
+        import xml.etree.ElementTree as ET
+
+        try:
+            pixels = next(e for e in ET.fromstring(tif.ome_metadata).iter() if e.tag.endswith("Pixels"))
+            if "PhysicalSizeX" in pixels.attrib:
+                unit = pixels.attrib.get("PhysicalSizeXUnit", "µm").lower()
+                size = float(pixels.attrib["PhysicalSizeX"]) * UNIT_MICRONS.get(unit, float("nan"))
+        except (ET.ParseError, StopIteration, ValueError):
+            size = None
+    if size is None and len(tif.pages):
+        page = tif.pages.first
+        xres = page.resolution[0] if page.resolution else 0.0
+        unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+        if xres and unit:
+            size = UNIT_MICRONS.get(str(unit).strip().lower(), float("nan")) / xres
+        elif xres and int(page.resolutionunit) == 3:  # RESUNIT.CENTIMETER
+            size = 1e4 / xres
+    return size if size is not None and np.isfinite(size) and size > 0 else None
+
+
+def _read_tiff(path: Path, limits: ImageLimits | None = None) -> tuple[np.ndarray, float | None]:
+    """The pixels (an array, or a lazily read MappedTiff / LazyTiff) and the pixel size."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        shapes = {s.shape for s in tif.series}
-        if len(tif.series) > 1 and len(shapes) == 1 and len(next(iter(shapes))) == 2:
-            # Plain multi-page TIFF of equal 2-D pages without axis metadata: pages are channels.
-            if limits is not None:
-                limits.check(path, (*next(iter(shapes)), len(tif.series)), pages=len(tif.series))
-            return np.stack([s.asarray() for s in tif.series], axis=-1)
-        series = tif.series[0]
-        axes, shape = series.axes.replace("I", "C").replace("Q", "C"), series.shape
+        return _tiff_pixels(tif, path, limits), tiff_pixel_size(tif)
+
+
+def _tiff_pixels(tif, path: Path, limits: ImageLimits | None):
+    shapes = {s.shape for s in tif.series}
+    if len(tif.series) > 1 and len(shapes) == 1 and len(next(iter(shapes))) == 2:
+        # Plain multi-page TIFF of equal 2-D pages without axis metadata: pages are channels.
         if limits is not None:
-            limits.check(path, shape, pages=len(series.pages))
-        for ax, n in zip(axes, shape):
-            if ax not in "YXCS" and n != 1:  # refused before anything is read
-                raise BioaugError(f"{path}: axis {ax!r} has {n} planes; only single-plane images are supported")
-        page = series.pages[0] if len(series.pages) else None
-        contiguous = page is not None and len(series.pages) == 1 and page.is_contiguous and page.is_memmappable
-        if contiguous and axes in ("YX", "YXS"):
-            return MappedTiff(path, page.dataoffsets[0], tuple(shape), page.dtype)  # nothing read yet
-        dims = dict(zip(axes, shape))
-        single_plane = all(n == 1 for a, n in dims.items() if a not in "YXCS")
-        if single_plane and "Y" in dims and "X" in dims and dims["Y"] * dims["X"] > LAZY_TIFF_PIXELS:
-            return LazyTiff(path, axes, tuple(shape), series.dtype)
-        arr = series.asarray()
+            limits.check(path, (*next(iter(shapes)), len(tif.series)), pages=len(tif.series))
+        return np.stack([s.asarray() for s in tif.series], axis=-1)
+    series = tif.series[0]
+    axes, shape = series.axes.replace("I", "C").replace("Q", "C"), series.shape
+    if limits is not None:
+        limits.check(path, shape, pages=len(series.pages))
+    for ax, n in zip(axes, shape):
+        if ax not in "YXCS" and n != 1:  # refused before anything is read
+            raise BioaugError(f"{path}: axis {ax!r} has {n} planes; only single-plane images are supported")
+    page = series.pages[0] if len(series.pages) else None
+    contiguous = page is not None and len(series.pages) == 1 and page.is_contiguous and page.is_memmappable
+    if contiguous and axes in ("YX", "YXS"):
+        return MappedTiff(path, page.dataoffsets[0], tuple(shape), page.dtype)  # nothing read yet
+    dims = dict(zip(axes, shape))
+    single_plane = all(n == 1 for a, n in dims.items() if a not in "YXCS")
+    if single_plane and "Y" in dims and "X" in dims and dims["Y"] * dims["X"] > LAZY_TIFF_PIXELS:
+        return LazyTiff(path, axes, tuple(shape), series.dtype)
+    arr = series.asarray()
     return _to_hwc(arr, axes, shape, path)
 
 

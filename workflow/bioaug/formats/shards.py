@@ -6,7 +6,8 @@ prefix:
   {prefix}.npy        float32 (N, H, W, C) tiles, values in [0, 1] (memory-mappable, so
                       training can stream rows without loading the shard)
   {prefix}.csv        one row per tile: tile_id, item_id, label, image (an item can have
-                      several tiles, e.g. sliding windows over an image-level label)
+                      several tiles, e.g. sliding windows over an image-level label) and
+                      pixel_size_um (microns per tile pixel; empty where the source has none)
   {prefix}.norm.csv   per-image, per-channel normalisation: image, channel, low, high (raw values
                       mapped to 0 and 1) and method (per_channel | joint | bit_depth)
 The split is not stored here: it comes from items.csv, so changing the split does not
@@ -25,7 +26,7 @@ import pandas as pd
 from ..runtime import BioaugError, atomic_path
 from .items import class_names, read_table
 
-META_COLUMNS = ["tile_id", "item_id", "label", "image"]
+META_COLUMNS = ["tile_id", "item_id", "label", "image", "pixel_size_um"]
 NORM_COLUMNS = ["image", "channel", "low", "high", "method"]
 
 
@@ -126,5 +127,10 @@ def load_tiles(shard_npys, items: pd.DataFrame, splits=("train",)) -> tuple[np.n
 
 
 def read_shard_table(csv_path: str | Path) -> pd.DataFrame:
-    """A shard's tile table (tile_id, item_id, label, image), ids and labels as text."""
-    return read_table(csv_path, META_COLUMNS)
+    """A shard's tile table (tile_id, item_id, label, image as text; pixel_size_um a float)."""
+    return read_table(csv_path, META_COLUMNS[:4]).astype({"pixel_size_um": np.float64})
+
+
+def read_norm_table(npy_path: str | Path) -> pd.DataFrame:
+    """A shard's per-image normalisation (image, channel, low, high, method)."""
+    return read_table(shard_files(npy_path)[2], ("image", "method"))

@@ -115,7 +115,8 @@ def resize(tile: np.ndarray, size: int) -> np.ndarray:
 
 
 def _item_tiles(src, row, cfg: dict, low, high):
-    """Yield (tile_suffixes, raw tiles) batches of one item, before normalisation.
+    """Yield (tile_suffixes, raw tiles, zoom) batches of one item, before normalisation; zoom
+    is source pixels per tile pixel (1 for crops; a resized box or image: its side / tile size).
 
     Sliding windows come one row of windows at a time, so an image-level item over a huge
     image never holds all its windows at once."""
@@ -123,23 +124,23 @@ def _item_tiles(src, row, cfg: dict, low, high):
     kind = row["kind"]
     if kind == "point" or (kind == "box" and cfg["context"] == "fixed"):
         top, left = int(round(row["y"])) - size // 2, int(round(row["x"])) - size // 2
-        yield [""], [src.region(top, left, size, size)]
+        yield [""], [src.region(top, left, size, size)], 1.0
     elif kind == "box":
         side = int(math.ceil(max(row["xmax"] - row["xmin"], row["ymax"] - row["ymin"]) * (1 + cfg["box_margin"])))
         side = max(side, 2)
         top, left = int(round(row["y"] - side / 2)), int(round(row["x"] - side / 2))
-        yield [""], [resize(src.region(top, left, side, side), size)]
+        yield [""], [resize(src.region(top, left, side, side), size)], side / size
     elif kind == "array":
-        yield [""], [resize(src.read(), size)]
+        yield [""], [resize(src.read(), size)], max(src.shape[:2]) / size
     elif kind == "window" and (mode := tiling_rules.image_mode(cfg["image_mode"], *src.shape[:2], size)) != "windows":
         h, w, _ = src.shape
         if mode == "whole":  # the whole (pre-cropped) image, padded to a square with its edge, resized
             image = src.read()
             side = max(h, w)
             pad = ((side - h) // 2, side - h - (side - h) // 2), ((side - w) // 2, side - w - (side - w) // 2), (0, 0)
-            yield [""], [resize(np.pad(image, pad, mode="edge"), size)]
+            yield [""], [resize(np.pad(image, pad, mode="edge"), size)], side / size
         else:  # center: a tile-sized crop at the centre (reflect-padded when the image is smaller)
-            yield [""], [src.region((h - size) // 2, (w - size) // 2, size, size)]
+            yield [""], [src.region((h - size) // 2, (w - size) // 2, size, size)], 1.0
     elif kind == "window":
         h, w, _ = src.shape
         stride = cfg["stride"] or size
@@ -152,7 +153,8 @@ def _item_tiles(src, row, cfg: dict, low, high):
             fg = (cols[np.array(lefts) + size] - cols[lefts]) / (size * size)
             keep = np.flatnonzero(fg >= cfg["min_foreground"])
             if len(keep):
-                yield ([f"_w{r * len(lefts) + j}" for j in keep], [strip[:, lefts[j] : lefts[j] + size] for j in keep])
+                suffixes = [f"_w{r * len(lefts) + j}" for j in keep]
+                yield suffixes, [strip[:, lefts[j] : lefts[j] + size] for j in keep], 1.0
     else:
         raise BioaugError(f"item {row['item_id']}: unknown kind {kind!r}")
 
@@ -189,7 +191,7 @@ def iter_tiles(root: str | Path, index: pd.DataFrame, images: list[str], cfg: di
             # The common case, in one gather: every object of an in-memory image at once.
             raw = gather_crops(src, rows["x"].to_numpy(), rows["y"].to_numpy(), cfg["size"])
             meta = [
-                {"tile_id": i, "item_id": i, "label": lab, "image": image}
+                {"tile_id": i, "item_id": i, "label": lab, "image": image, "pixel_size_um": src.pixel_size_um}
                 for i, lab in zip(rows["item_id"], rows["label"])
             ]
             yield apply_stats(raw, low, high), meta
@@ -197,14 +199,16 @@ def iter_tiles(root: str | Path, index: pd.DataFrame, images: list[str], cfg: di
         for row in rows.itertuples(index=False):
             row = row._asdict()
             produced = False
-            for suffixes, raw in _item_tiles(src, row, cfg, low, high):
+            for suffixes, raw, zoom in _item_tiles(src, row, cfg, low, high):
                 produced = True
+                pixel_size = src.pixel_size_um * zoom if src.pixel_size_um is not None else None
                 meta = [
                     {
                         "tile_id": f"{row['item_id']}{sfx}",
                         "item_id": row["item_id"],
                         "label": row["label"],
                         "image": image,
+                        "pixel_size_um": pixel_size,
                     }
                     for sfx in suffixes
                 ]
