@@ -222,3 +222,65 @@ def test_save_load_features_roundtrip(tmp_path):
     assert feats.shape == (30, CFG["channels"][-1]) and np.isfinite(feats).all()
     np.testing.assert_allclose(feats, model.features(vx), rtol=1e-6, atol=1e-6)
     assert loaded.class_names == NAMES and loaded.best_epoch == model.best_epoch
+
+
+# --------------------------------------------------------------- each arm's option does what it says
+
+
+@pytest.fixture
+def step_calls(monkeypatch):
+    """Every call of the compiled training step, recorded: (augment flag, class weights, the
+    epoch's minibatch indices), then run as usual."""
+    import bioaug.classifier.train as train_module
+
+    calls, real_step = [], train_module._train_step
+
+    def spy(graphdef, augment, params, rest, opt_state, loss_sum, step, lr, train_x, train_y, class_w, idx, key):
+        calls.append({"augment": augment, "class_w": np.asarray(class_w), "idx": np.asarray(idx), "step": int(step)})
+        return real_step(graphdef, augment, params, rest, opt_state, loss_sum, step, lr, train_x, train_y, class_w,
+                         idx, key)  # fmt: skip
+
+    monkeypatch.setattr(train_module, "_train_step", spy)
+    return calls
+
+
+@pytest.mark.parametrize("arm", ["real", "real+classic", "oversample", "class_weights"])
+def test_each_arm_option_reaches_the_training_step(data, step_calls, arm):
+    """The arms' options (arms.py) change what they should, where the training happens:
+    class_weights the loss weights, oversample the batch composition, real+classic the
+    inputs; the other arms leave them as they are."""
+    from bioaug.arms import training_options
+
+    _, _, vx, vy = data
+    tx, ty = make_tiles(300, np.random.default_rng(9), class_p=[0.8, 0.15, 0.05])  # the shapes of `trained`
+    train_classifier(tx, ty, vx, vy, NAMES, {**CFG, "epochs": 1}, seed=1, **training_options(arm))
+    assert step_calls and {c["augment"] for c in step_calls} == {arm == "real+classic"}
+    weights = step_calls[0]["class_w"]
+    if arm == "class_weights":
+        np.testing.assert_allclose(weights, class_loss_weights(ty, 3), rtol=1e-6)
+        assert weights[2] > 10 * weights[0]
+    else:
+        np.testing.assert_array_equal(weights, np.ones(3))
+    epochs = [c["idx"].ravel() for c in step_calls if c["step"] == 0]  # one index matrix per epoch
+    share_rare = np.mean(ty[np.concatenate(epochs)] == 2)
+    if arm == "oversample":
+        assert share_rare > 0.25  # about 1/3 of every batch, against 5% of the tiles
+    else:
+        assert share_rare < 0.1 and all(len(np.unique(e)) == len(e) for e in epochs)  # each tile once an epoch
+
+
+def test_class_weights_change_the_loss_and_augmentation_the_inputs():
+    """The pieces the options switch on: the weighted loss differs from the plain one by the
+    weights, and the augmentation returns a flipped / rotated, jittered copy of every tile."""
+    import jax
+
+    from bioaug.classifier.train import _augment
+
+    x = np.random.default_rng(0).random((64, 8, 8, 2)).astype(np.float32)
+    out = np.asarray(_augment(jax.random.key(0), jnp.asarray(x)))
+    assert out.shape == x.shape and not np.allclose(out, x)
+    for a, b in zip(x, out):  # each output is one of the 8 dihedral transforms of its input, scaled by 0.9-1.1
+        candidates = [np.rot90(f, k, axes=(0, 1)) for f in (a, a[:, ::-1]) for k in range(4)]
+        ratios = [np.median(b / np.maximum(c, 1e-6)) for c in candidates]
+        errs = [np.abs(np.clip(c * r, 0, 1) - b).max() for c, r in zip(candidates, ratios)]
+        assert min(errs) < 1e-4 and 0.89 < ratios[int(np.argmin(errs))] < 1.11

@@ -68,7 +68,15 @@ def test_outputs_and_contracts(tiny_run):
 
     # per-class verdicts for the three GAN arms, computed, with intervals around the difference
     verdicts = pd.read_csv(res / "verdicts.csv")
-    assert len(verdicts) == 3 * 4 and set(verdicts["verdict"]) <= {"helps", "hurts", "no evidence"}
+    per_class = verdicts[verdicts["class"] != "(macro)"]
+    assert len(per_class) == 3 * 4 and len(verdicts) == 3 * 5  # and one macro comparison per GAN arm
+    n_test = items[items["split"] == "test"]["label"].value_counts()
+    for v in per_class.to_dict("records"):  # tiny.yaml: report.min_support 4
+        assert v["n_test"] == n_test[v["class"]]
+        if v["n_test"] < 4:
+            assert v["verdict"] == f"too few test items (n={v['n_test']})"
+        else:
+            assert v["verdict"] in {"helps", "hurts", "no evidence"} and v["diff_lo_adj"] <= v["diff_lo"]
     assert (verdicts["diff_lo"] <= verdicts["difference"] + 1e-9).all() and (
         verdicts["difference"] <= verdicts["diff_hi"] + 1e-9
     ).all()

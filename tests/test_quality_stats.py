@@ -9,7 +9,7 @@ from bioaug.metrics import get_metric
 from bioaug.metrics.frechet import fid, frechet_distance, kid
 from bioaug.metrics.manifold import density_coverage, precision_recall
 from bioaug.metrics.memorisation import memorisation_audit
-from bioaug.verdicts import per_class_scores, summarise_arms
+from bioaug.verdicts import per_class_scores
 
 
 def test_frechet_distance_closed_form():
@@ -72,56 +72,3 @@ def test_per_class_scores_match_sklearn():
     np.testing.assert_allclose(ours["precision"][0], p)
     np.testing.assert_allclose(ours["recall"][0], r)
     np.testing.assert_allclose(ours["f1"][0], f)
-
-
-def fake_results(y_true, preds_by_arm):
-    return [
-        {
-            "arm": arm,
-            "seed": s,
-            "y_true": list(map(int, y_true)),
-            "y_pred": list(map(int, p)),
-            "test_tile_ids": [f"t{i}" for i in range(len(y_true))],
-            "seconds": 1.0,
-        }
-        for arm, preds in preds_by_arm.items()
-        for s, p in enumerate(preds)
-    ]
-
-
-def test_verdicts_are_computed_from_paired_intervals():
-    rng = np.random.default_rng(4)
-    y = np.repeat([0, 1], [300, 60])  # class 1 is rare
-
-    def noisy(p_rare_correct):
-        out = y.copy()
-        rare = np.flatnonzero(y == 1)
-        out[rare[rng.random(len(rare)) > p_rare_correct]] = 0
-        return out
-
-    results = fake_results(
-        y,
-        {
-            "real": [noisy(0.3) for _ in range(3)],
-            "oversample": [noisy(0.4) for _ in range(3)],
-            "real+gan": [noisy(0.9) for _ in range(3)],  # clearly better on the rare class
-            "gan_only": [noisy(0.05) for _ in range(3)],  # clearly worse
-            "real+gan+classic": [noisy(0.4) for _ in range(3)],  # same as the best baseline
-        },
-    )
-    arm_table, verdicts = summarise_arms(results, ["common", "rare"], n_boot=500)
-    v = verdicts.set_index(["gan_arm", "class"])
-    assert v.loc[("real+gan", "rare"), "verdict"] == "helps"
-    assert v.loc[("gan_only", "rare"), "verdict"] == "hurts"
-    assert v.loc[("real+gan+classic", "rare"), "verdict"] == "no evidence"
-    assert v.loc[("real+gan", "rare"), "baseline_arm"] == "oversample"  # best non-GAN arm for that class
-    row = arm_table[(arm_table["arm"] == "real+gan") & (arm_table["class"] == "rare")].iloc[0]
-    assert row["recall_lo"] < row["recall"] < row["recall_hi"] and row["recall"] == pytest.approx(0.9, abs=0.07)
-
-
-def test_verdicts_need_common_test_tiles_and_seeds():
-    y = np.array([0, 1, 0, 1])
-    results = fake_results(y, {"real": [y], "real+gan": [y]})
-    results[1]["test_tile_ids"] = ["x"] * 4
-    with pytest.raises(ValueError, match="other test tiles"):
-        summarise_arms(results, ["a", "b"], n_boot=100)

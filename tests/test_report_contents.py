@@ -98,7 +98,9 @@ def ci(point, lo, hi, sign=False) -> str:
 # ----------------------------------------------------------------------------- checks shared by both tests
 
 MD_TITLES = {
-    "verdicts": "Does the GAN help?",
+    "in_words": "The answer in words",
+    "verdicts": "Does the GAN help? (per class",
+    "macro": "Does the GAN help overall?",
     "arms": "Arms",
     "f1_by_arm": "Test F1 per arm",
     "gan_quality": "GAN quality",
@@ -112,6 +114,12 @@ def expected_f1(results: list[dict], arm: str, cls: str) -> float:
     return float(np.mean([r["per_class"][cls]["f1"] for r in results if r["arm"] == arm]))
 
 
+def expected_val_f1(results: list[dict], arm: str, cls: str) -> float:
+    """Mean over seeds of the per-class validation F1 in the metric files (the macro: cls None)."""
+    runs = [r for r in results if r["arm"] == arm]
+    return float(np.mean([r["val_macro_f1"] if cls is None else r["val_per_class_f1"][cls] for r in runs]))
+
+
 def check_report_tables(
     md: str,
     pages: dict[str, str],
@@ -121,6 +129,7 @@ def check_report_tables(
     n_real_train: dict[str, int],
     quality: pd.DataFrame | None,
     acceptance: pd.DataFrame | None,
+    min_support: int = 10,
 ) -> None:
     """summary.md and the HTML pages say what the metric files and the CSVs say."""
     names = results[0]["class_names"]
@@ -132,31 +141,64 @@ def check_report_tables(
 
     # the verdict table: one row per (class, GAN arm), numbers from the metric files
     headers, rows = md_table(md, MD_TITLES["verdicts"])
-    assert headers[:3] == ["class", "test tiles (n)", "real train tiles (n)"] and "verdict" in headers
+    assert headers == report.VERDICT_HEADERS
     gan_arms = [a for a in arms if uses_gan(a)]
-    assert len(rows) == len(verdicts) == len(gan_arms) * len(names)
-    by_key = {(r[0], r[3]): r for r in rows}
+    per_class = verdicts[verdicts["class"] != "(macro)"]
+    assert len(rows) == len(per_class) == len(gan_arms) * len(names)
+    by_key = {(r[0], r[4]): r for r in rows}
     baselines = [a for a in arms if not uses_gan(a)]
-    for v in verdicts.to_dict("records"):
+    items = np.asarray(results[0]["test_item_ids"])
+    y_true = np.asarray(results[0]["y_true"])
+    decided = per_class[~per_class["verdict"].str.startswith("too few")]
+    for v in per_class.to_dict("records"):
         row = by_key[(v["class"], v["gan_arm"])]
+        n_items = len(np.unique(items[y_true == names.index(v["class"])]))
+        assert row[1] == str(n_items) == str(v["n_test"]) and int(row[2]) == v["n_test_groups"] <= n_items
+        assert row[3] == str(n_real_train[v["class"]]) == str(v["n_real_train"])
         gan_f1 = expected_f1(results, v["gan_arm"], v["class"])
-        base_f1 = max(expected_f1(results, a, v["class"]) for a in baselines)
+        # the baseline: the arm without GAN tiles of best mean *validation* F1 for the class
+        best_val = max(expected_val_f1(results, a, v["class"]) for a in baselines)
+        assert expected_val_f1(results, v["baseline_arm"], v["class"]) == pytest.approx(best_val)
+        base_f1 = expected_f1(results, v["baseline_arm"], v["class"])
         assert v["gan_f1"] == pytest.approx(gan_f1) and v["baseline_f1"] == pytest.approx(base_f1)
-        assert expected_f1(results, v["baseline_arm"], v["class"]) == pytest.approx(base_f1)  # the best one
         assert v["difference"] == pytest.approx(gan_f1 - base_f1)
-        assert row[1] == str(n_test[v["class"]]) == str(v["n_test"])
-        assert row[2] == str(n_real_train[v["class"]]) == str(v["n_real_train"])
-        assert row[4:9] == [  # printed from the CSV's values (equal to the files' up to float rounding)
-            f2(v["gan_f1"]),
-            v["baseline_arm"],
-            f2(v["baseline_f1"]),
-            ci(v["difference"], v["diff_lo"], v["diff_hi"], sign=True),
-            v["verdict"],
-        ]
-        lo_excl, hi_excl = v["diff_lo"] > 0, v["diff_hi"] < 0
+        assert row[5:9] == [f2(v["gan_f1"]), v["baseline_arm"], f2(v["baseline_f1"]),
+                            ci(v["difference"], v["diff_lo"], v["diff_hi"], sign=True)]  # fmt: skip
+        if v["n_test"] < min_support:
+            assert v["verdict"] == row[10] == f"too few test items (n={v['n_test']})" and row[9] == ""
+            continue
+        assert row[9] == f"[{v['diff_lo_adj']:+.2f}, {v['diff_hi_adj']:+.2f}]" and row[10] == v["verdict"]
+        # Bonferroni over the decided rows: the adjusted interval holds the raw one, the verdict reads it
+        assert v["n_comparisons"] == len(decided)
+        assert v["diff_lo_adj"] <= v["diff_lo"] <= v["diff_hi"] <= v["diff_hi_adj"]
+        assert v["p_adjusted"] == pytest.approx(min(1.0, len(decided) * v["p_value"]))
+        lo_excl, hi_excl = v["diff_lo_adj"] > 0, v["diff_hi_adj"] < 0
         assert v["verdict"] == ("helps" if lo_excl else "hurts" if hi_excl else "no evidence")
     # rows grouped by class, in class order
     assert [r[0] for r in rows] == [c for c in names for _ in gan_arms]
+
+    # the macro comparison: each GAN arm against the arm of best validation macro F1
+    _, rows = md_table(md, MD_TITLES["macro"])
+    macro = verdicts[verdicts["class"] == "(macro)"]
+    assert [r[0] for r in rows] == list(macro["gan_arm"]) == [a for a in ARMS if a in gan_arms]  # arms.py order
+    for row, v in zip(rows, macro.to_dict("records")):
+        best_val = max(expected_val_f1(results, a, None) for a in baselines)
+        assert expected_val_f1(results, v["baseline_arm"], None) == pytest.approx(best_val)
+        assert row[2] == v["baseline_arm"] and row[-1] == v["verdict"] and v["n_comparisons"] == len(gan_arms)
+
+    # one sentence per class
+    _, rows = md_table(md, MD_TITLES["in_words"])
+    assert [r[0] for r in rows] == names
+    for cls, text in rows:
+        sub = per_class[per_class["class"] == cls]
+        if sub["verdict"].str.startswith("too few").any():
+            assert text.startswith("Too few test items")
+        elif (sub["verdict"] == "helps").any():
+            assert " raised " in text and f"{cls} F1" in text
+        elif (sub["verdict"] == "hurts").any():
+            assert " lowered " in text
+        else:
+            assert text.startswith(f"No evidence that a GAN arm changes {cls} F1")
 
     # the arm legend: every arm, in words
     _, arm_rows = md_table(md, MD_TITLES["arms"])
@@ -243,21 +285,25 @@ def fake_results(rng, names, arms, seeds, n=40) -> list[dict]:
                 seconds=1.0 + seed,
                 train_seconds=1.0,
                 test_tile_ids=[f"t{i}" for i in range(n)],
+                test_item_ids=[f"t{i}" for i in range(n)],
                 y_true=y_true.tolist(),
                 y_pred=y_pred.tolist(),
+                # validation scores that disagree with the test ranking (the baseline is chosen on them)
+                val_per_class_f1={c: float(rng.random()) for c in names},
+                val_macro_f1=float(rng.random()),
             )
             out.append(m)
     return out
 
 
-def build_report(tmp_path, results, names, quality, acceptance):
-    arm_table, verdicts = summarise_arms(results, names, n_boot=200)
+def build_report(tmp_path, results, names, quality, acceptance, min_support=10):
+    arm_table, verdicts = summarise_arms(results, names, n_boot=200, min_support=min_support)
     n_test = report.support_per_class(results, names)
     n_train = {c: 10 + i for i, c in enumerate(names)}
-    verdicts = report.ordered_verdicts(verdicts, names, n_test, n_train)
+    verdicts = report.ordered_verdicts(verdicts, names, n_train)
     n_seeds = int(arm_table["n_seeds"].min())
     tables = report.summary_tables(
-        verdicts, arm_table, quality, acceptance, n_test, n_seeds, report.software_versions()
+        verdicts, arm_table, quality, acceptance, n_test, n_seeds, report.software_versions(), min_support
     )
     md = report.summary_markdown("demo", tables)
     outputs = {k: tmp_path / f"{k}.html" for k in ("verdicts_html", "f1_html", "quality_html")}
@@ -380,7 +426,9 @@ def test_figures_have_labelled_axes_and_150_dpi(tmp_path, figures):
     report.plot_gan_losses(log, tmp_path / "losses.png", "hinge")
     report.plot_recall_by_arm(summary, tmp_path / "recall.png", n_test)
     report.plot_f1_with_intervals(arm_table, tmp_path / "f1.png", n_test)
-    confusion, losses, recall, f1 = figures
+    _, verdicts = summarise_arms(results, names, n_boot=50, min_support=15)
+    report.plot_forest(report.ordered_verdicts(verdicts, names, {c: 5 for c in names}), tmp_path / "forest.png")
+    confusion, losses, recall, f1, forest = figures
     for ax in confusion.axes[:3]:
         assert ax.get_xlabel() == "predicted class" and ax.get_ylabel().startswith("true class")
         # row labels carry the test tiles of each class (summed over the 2 seeds)
@@ -391,7 +439,15 @@ def test_figures_have_labelled_axes_and_150_dpi(tmp_path, figures):
         ax = fig.axes[0]
         assert ax.get_ylabel().startswith(ylabel) and ax.get_xlabel() == "class (n = test tiles)"
         assert [t.get_text() for t in ax.get_xticklabels()] == [f"{c}\n(n={n_test[c]})" for c in names]
-    for png in ("confusion", "losses", "recall", "f1"):
+    ax = forest.axes[0]  # one line per (class, GAN arm) and the macro rows, labelled with n and the baseline
+    assert ax.get_xlabel().startswith("test F1 difference, GAN arm minus baseline")
+    labels = [t.get_text() for t in ax.texts]
+    n_items = {c: int((np.asarray(results[0]["y_true"]) == i).sum()) for i, c in enumerate(names)}
+    for c in names:
+        for arm in ("real+gan", "gan_only"):
+            assert any(t.startswith(f"{c} (n={n_items[c]}) · {arm} vs real") for t in labels), (c, arm, labels)
+    assert sum(t.startswith("too few test items") for t in labels) == 2 * sum(n < 15 for n in n_items.values())
+    for png in ("confusion", "losses", "recall", "f1", "forest"):
         assert png_dpi(tmp_path / f"{png}.png") == pytest.approx(150, abs=0.5)
 
 
@@ -447,9 +503,10 @@ def test_tiny_run_report_says_what_its_metric_files_say(tiny_run):
         n_real_train,
         pd.read_csv(res / "gan_quality.csv", dtype={"class": str}),
         acceptance,
+        min_support=4,  # tiny.yaml
     )
     assert acceptance["min_confidence"].isna().all()  # tiny.yaml: no selective synthesis, so no section
-    for png in ("recall_by_arm", "f1_by_arm", "confusion", "gan_losses", "real_vs_synthetic"):
+    for png in ("recall_by_arm", "f1_by_arm", "forest", "confusion", "gan_losses", "real_vs_synthetic"):
         assert png_dpi(res / "report" / f"{png}.png") == pytest.approx(150, abs=0.5), png
     # the report does not read the balanced dataset (whose file format is a user's choice)
     assert planned_jobs(tiny_run, "--forcerun", "balance") == {"balance": 1, "all": 1}

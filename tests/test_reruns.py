@@ -49,6 +49,7 @@ CASES = {
     ),
     "gan_quality.max_per_class": (lambda c: c["gan_quality"].update(max_per_class=100), {"gan_quality": 1, **REPORT}),
     "report.bootstrap": (lambda c: c["report"].update(bootstrap=300), REPORT),
+    "report.min_support": (lambda c: c["report"].update(min_support=2), REPORT),
     "override classifier.lr": (override("classifier", lr=0.002), CLASSIFY),
     "override gan.lr_d": (override("gan", lr_d=0.0003), GAN),
     "override equal to the global value": (override("report", bootstrap=200), {}),

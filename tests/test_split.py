@@ -66,3 +66,27 @@ def test_check_group_integrity_detects_crossing():
     bad = pd.DataFrame({"group": ["g1", "g1"], "split": ["train", "test"]})
     with pytest.raises(BioaugError, match="g1"):
         check_group_integrity(bad)
+
+
+def rare_counts(out: pd.DataFrame) -> dict[str, int]:
+    return out[out["label"] == "rare"]["split"].value_counts().reindex(["train", "val", "test"], fill_value=0).to_dict()
+
+
+def test_stratification_beats_a_random_group_split():
+    """10 of 100 images hold one rare cell each. A stratified split puts exactly 6 / 2 / 2 of
+    them in train / val / test for every seed; a random split of the images misses that for
+    most seeds (about 9 in 10), so this test fails for a split that only keeps groups together."""
+    items = make_items(n_groups=100, rare_groups=10)
+    want = {"train": 6, "val": 2, "test": 2}
+    for seed in range(10):
+        got = rare_counts(assign_splits(items, FRACTIONS, seed=seed))
+        assert got == want, (seed, got)
+    # the same check on random group splits fails for most seeds
+    groups = items["group"].unique()
+    misses = 0
+    for seed in range(10):
+        order = np.random.default_rng(seed).permutation(groups)
+        split_of = {g: "test" if i < 20 else "val" if i < 40 else "train" for i, g in enumerate(order)}
+        got = rare_counts(items.assign(split=items["group"].map(split_of)))
+        misses += got != want
+    assert misses >= 7

@@ -71,6 +71,15 @@ rule report:
                 "figure": "per-class F1 by arm, with intervals",
             },
         ),
+        forest=report(
+            "results/{dataset}/report/forest.png",
+            caption="../report/forest.rst",
+            category="Verdict",
+            labels={
+                "dataset": "{dataset}",
+                "figure": "F1 differences per class (forest plot)",
+            },
+        ),
         confusion=report(
             "results/{dataset}/report/confusion.png",
             caption="../report/confusion.rst",

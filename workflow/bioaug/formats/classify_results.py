@@ -17,7 +17,8 @@ REQUIRED_KEYS = (
     "class_names", "n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc",
     "per_class", "confusion_matrix",               # metrics.classification
     "n_train_per_class", "best_epoch", "history", "seconds", "train_seconds",
-    "test_tile_ids", "y_true", "y_pred",           # per-tile predictions
+    "val_per_class_f1", "val_macro_f1",            # the selected model on validation (baseline choice)
+    "test_tile_ids", "test_item_ids", "y_true", "y_pred",  # per-tile predictions
 )  # fmt: skip
 
 

@@ -2,7 +2,8 @@
 
 Every arm (`bioaug.arms`) uses the same classifier, the same budget (epochs, batch size,
 learning rate) and the same seeds, and differs only in its data or sampling. The validation
-split (real) picks the epoch; the test split is loaded after model selection and scored once.
+split (real) picks the epoch (and, in the report, each class's baseline arm); the test split is
+loaded after model selection and scored once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import f1_score
 
 from ..arms import ARMS, training_options
 from ..formats import synthetic
@@ -69,6 +71,9 @@ def run_arm(arm: str, seed: int, items: pd.DataFrame, shard_npys, cfg: dict, syn
     )
     model = train_classifier(train_x, train_y, val_x, val_y, names, cfg, seed, **training_options(arm))
     train_seconds = time.time() - t0
+    # validation scores of the selected model: the report picks each class's baseline arm on them
+    val_f1 = f1_score(val_y, model.predict_proba(val_x).argmax(1), labels=range(len(names)), average=None,
+                      zero_division=0)  # fmt: skip
     # The test split is loaded only now, after model selection, and scored exactly once.
     test_x, test_y, test_rows = load_tiles(shard_npys, items, splits=("test",))
     proba = model.predict_proba(test_x)
@@ -84,8 +89,11 @@ def run_arm(arm: str, seed: int, items: pd.DataFrame, shard_npys, cfg: dict, syn
         "history": model.history,
         "seconds": round(time.time() - t0, 2),
         "train_seconds": round(train_seconds, 2),
+        "val_per_class_f1": {c: float(f) for c, f in zip(names, val_f1)},
+        "val_macro_f1": float(np.mean(val_f1)),
         # per-tile predictions, for bootstrap intervals and paired comparisons in the report
         "test_tile_ids": test_rows["tile_id"].tolist(),
+        "test_item_ids": test_rows["item_id"].tolist(),
         "y_true": test_y.tolist(),
         "y_pred": y_pred.tolist(),
     }

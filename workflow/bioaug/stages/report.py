@@ -22,8 +22,8 @@ from ..formats.classify_results import read_results
 from ..formats.items import class_names, read_items
 from ..formats.shards import load_tiles
 from ..formats.synthetic import read_acceptance, read_synthetic
-from ..runtime import atomic_path
-from ..verdicts import summarise_arms
+from ..runtime import BioaugError, atomic_path
+from ..verdicts import MACRO, summarise_arms
 
 log = logging.getLogger("bioaug.report")
 GRID_PER_ROW = 8
@@ -76,6 +76,7 @@ def run(
         outputs=outputs,
         dataset=dataset,
         n_boot=cfg["bootstrap"],
+        min_support=cfg["min_support"],
         gan_loss=gan_loss,
     )
 
@@ -130,20 +131,30 @@ def real_train_counts(items: pd.DataFrame, names: list[str]) -> dict[str, int]:
     return {c: int(counts.get(c, 0)) for c in names}
 
 
-def ordered_verdicts(verdicts: pd.DataFrame, names: list[str], n_test: dict, n_train: dict) -> pd.DataFrame:
-    """The verdicts grouped by class (in class order), GAN arms in arms.py order, with the
-    class's test and real train tile counts."""
+def ordered_verdicts(verdicts: pd.DataFrame, names: list[str], n_train: dict) -> pd.DataFrame:
+    """The verdicts grouped by class (in class order, the macro rows last), GAN arms in arms.py
+    order, with the class's real train tile count."""
     if not len(verdicts):
-        return verdicts.assign(n_test=pd.Series(dtype=int), n_real_train=pd.Series(dtype=int))
+        return verdicts.assign(n_real_train=pd.Series(dtype=int))
     rank = {a: i for i, a in enumerate(arm_order(verdicts["gan_arm"].unique()))}
     out = verdicts.assign(
-        n_test=verdicts["class"].map(n_test),
-        n_real_train=verdicts["class"].map(n_train),
-        _c=verdicts["class"].map({c: i for i, c in enumerate(names)}),
+        n_real_train=verdicts["class"].map(n_train).astype("Int64"),
+        _c=verdicts["class"].map({c: i for i, c in enumerate([*names, MACRO])}),
         _a=verdicts["gan_arm"].map(rank),
     )
-    cols = ["class", "n_test", "n_real_train"] + [c for c in verdicts.columns if c != "class"]
+    first = ["class", "n_test", "n_test_groups", "n_real_train"]
+    cols = [c for c in first if c in out] + [c for c in verdicts.columns if c not in first]
     return out.sort_values(["_c", "_a"], kind="stable")[cols].reset_index(drop=True)
+
+
+def test_groups(items: pd.DataFrame, results: list[dict]) -> np.ndarray:
+    """The group (source image, or the `group` column) of every test tile, in the results' order."""
+    group_of = items.set_index("item_id")["group"].astype(str)
+    ids = pd.Index(results[0]["test_item_ids"]).astype(str)
+    unknown = ids.difference(group_of.index)
+    if len(unknown):
+        raise BioaugError(f"classify results name test items not in items.csv: {list(unknown[:5])}")
+    return group_of.reindex(ids).to_numpy()
 
 
 def selective_synthesis_on(acceptance: pd.DataFrame | None) -> bool:
@@ -211,10 +222,12 @@ class Table:
     def html(self) -> str:
         e = html.escape
         head = "".join(f"<th>{e(h)}</th>" for h in self.headers)
+        tds = [' class="verdict"' if h == "verdict" else "" for h in self.headers]  # coloured by the row's verdict
         body = []
         for i, r in enumerate(self.rows):
             cls = f' class="{e(self.css[i].strip())}"' if self.css and self.css[i].strip() else ""
-            body.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>")
+            cells = "".join(f"<td{tds[j]}>{e(c)}</td>" for j, c in enumerate(r))
+            body.append(f"<tr{cls}>{cells}</tr>")
         parts = [f"<section><h2>{e(self.title)}</h2>"]
         if self.intro:
             parts.append(f"<p>{e(self.intro)}</p>")
@@ -224,70 +237,183 @@ class Table:
         return "\n".join(parts)
 
 
-def verdict_table(verdicts: pd.DataFrame, n_seeds: int) -> Table:
-    """verdicts: `ordered_verdicts` output."""
-    headers = [
-        "class",
-        "test tiles (n)",
-        "real train tiles (n)",
-        "GAN arm",
-        "GAN arm F1",
-        "best non-GAN arm",
-        "its F1",
-        "difference [95% CI]",
-        "verdict",
-        "note",
-    ]
+VERDICT_HEADERS = [
+    "class", "test items (n)", "test groups (n)", "real train tiles (n)", "GAN arm", "GAN arm F1",
+    "baseline (best on validation)", "its F1", "difference [95% CI]", "adjusted [CI]", "verdict", "note",
+]  # fmt: skip
+
+
+def _has_baseline(r: dict) -> bool:
+    return r.get("baseline_arm") is not None and not pd.isna(r.get("baseline_arm"))
+
+
+def _verdict_rows(verdicts: pd.DataFrame) -> tuple[list[list[str]], list[str]]:
     rows, css = [], []
-    for r in verdicts.to_dict("records"):
-        head = [r["class"], str(r["n_test"]), str(r["n_real_train"]), r["gan_arm"]]
-        if r.get("baseline_arm") is None or pd.isna(r.get("baseline_arm")):
-            rows.append(head + ["", "", "", "", r["verdict"], "no arm without GAN tiles to compare with"])
+    records = verdicts.to_dict("records")
+    for i, r in enumerate(records):
+        n_train = r.get("n_real_train")
+        head = [
+            r["class"],
+            _count(r.get("n_test")),
+            _count(r.get("n_test_groups")),
+            _count(n_train),
+            r["gan_arm"],
+        ]
+        if not _has_baseline(r):
+            rows.append(head + ["", "", "", "", "", r["verdict"], "no arm without GAN tiles to compare with"])
+            css.append("none")
+        else:
+            note = ""
+            if r["verdict"].startswith("too few"):
+                note = "fewer than report.min_support test items: an interval this wide means nothing"
+            elif r["gan_f1"] == 0 and r["baseline_f1"] == 0:
+                note = "F1 = 0 in both arms: neither recognises this class"
+            elif r["baseline_f1"] == 0:
+                note = "no arm without GAN tiles recognises this class (F1 = 0)"
+            adjusted = "" if pd.isna(r.get("diff_lo_adj")) else f"[{r['diff_lo_adj']:+.2f}, {r['diff_hi_adj']:+.2f}]"
+            rows.append(
+                head
+                + [
+                    _fmt(r["gan_f1"]),
+                    r["baseline_arm"],
+                    _fmt(r["baseline_f1"]),
+                    _ci(r["difference"], r["diff_lo"], r["diff_hi"], sign=True),
+                    adjusted,
+                    r["verdict"],
+                    note,
+                ]
+            )
+            css.append("too-few" if r["verdict"].startswith("too few") else r["verdict"].replace(" ", "-"))
+        if i == 0 or r["class"] != records[i - 1]["class"]:  # a rule above each class's first row
+            css[i] += " first"
+    return rows, css
+
+
+def _count(x) -> str:
+    return "" if x is None or pd.isna(x) else str(int(x))
+
+
+def _seeds_text(n_seeds: int) -> str:
+    if n_seeds > 1:
+        return f"{n_seeds} seeds (training runs) per arm"
+    return "1 seed per arm, so the intervals cover the test-set sampling only, not the training randomness"
+
+
+def _family_size(verdicts: pd.DataFrame, macro: bool) -> int:
+    rows = verdicts[(verdicts["class"] == MACRO) == macro]
+    return (
+        int(rows["n_comparisons"].dropna().max())
+        if "n_comparisons" in rows and rows["n_comparisons"].notna().any()
+        else 0
+    )
+
+
+def verdict_table(verdicts: pd.DataFrame, n_seeds: int, min_support: int = 10) -> Table:
+    """verdicts: `ordered_verdicts` output, per class (the macro rows go to `macro_table`)."""
+    per_class = verdicts[verdicts["class"] != MACRO]
+    rows, css = _verdict_rows(per_class)
+    m = _family_size(verdicts, macro=False)
+    return Table(
+        "verdicts",
+        "Does the GAN help? (per class, test F1)",
+        VERDICT_HEADERS,
+        rows,
+        intro=(
+            "Each row compares, for one class, an arm trained with GAN tiles against the arm trained without them "
+            "that scored best on the validation split for that class (chosen without looking at the test split). "
+            "F1 is between 0 and 1, higher is better; the difference is the GAN arm minus that baseline on the real "
+            "test split, with a 95% paired bootstrap interval that resamples whole test groups (source images) and "
+            f"the seeds ({_seeds_text(n_seeds)})."
+        ),
+        notes=[
+            f"Adjusted: the interval widened for the {m} comparisons of this table (Bonferroni: all of them hold "
+            "together with 95% probability). Verdict: helps / hurts when the adjusted interval lies above / below "
+            "0, else no evidence. No evidence is not evidence of no effect: with few test items or groups the "
+            f"interval is wide. Classes with fewer than {min_support} test items (report.min_support) get no verdict.",
+        ],
+        css=css,
+    )
+
+
+def macro_table(verdicts: pd.DataFrame, n_seeds: int) -> Table:
+    """The macro-F1 comparison of every GAN arm with the arm of best validation macro F1."""
+    macro = verdicts[verdicts["class"] == MACRO]
+    rows, css = [], []
+    for r in macro.to_dict("records"):
+        if not _has_baseline(r):
+            rows.append([r["gan_arm"], "", "", "", "", "", r["verdict"]])
             css.append("none")
             continue
-        note = ""
-        if r["gan_f1"] == 0 and r["baseline_f1"] == 0:
-            note = "F1 = 0 in both arms: neither recognises this class"
-        elif r["baseline_f1"] == 0:
-            note = "no arm without GAN tiles recognises this class (F1 = 0)"
         rows.append(
-            head
-            + [
+            [
+                r["gan_arm"],
                 _fmt(r["gan_f1"]),
                 r["baseline_arm"],
                 _fmt(r["baseline_f1"]),
                 _ci(r["difference"], r["diff_lo"], r["diff_hi"], sign=True),
+                f"[{r['diff_lo_adj']:+.2f}, {r['diff_hi_adj']:+.2f}]",
                 r["verdict"],
-                note,
             ]
         )
         css.append(r["verdict"].replace(" ", "-"))
-    for i, r in enumerate(verdicts.to_dict("records")):  # a rule above each class's first row
-        if i == 0 or r["class"] != verdicts["class"].iloc[i - 1]:
-            css[i] += " first"
-    seeds = (
-        f"{n_seeds} seeds (training runs) per arm"
-        if n_seeds > 1
-        else "1 seed per arm, so the intervals cover the test-set sampling only, not the training randomness"
-    )
+    m = _family_size(verdicts, macro=True)
     return Table(
-        "verdicts",
-        "Does the GAN help? (per class, test F1)",
-        headers,
+        "macro",
+        "Does the GAN help overall? (macro F1: every class counting the same)",
+        [
+            "GAN arm",
+            "its macro F1",
+            "baseline (best on validation)",
+            "its macro F1",
+            "difference [95% CI]",
+            "adjusted [CI]",
+            "verdict",
+        ],  # fmt: skip
         rows,
         intro=(
-            "Each row compares, for one class, an arm trained with GAN tiles against the best arm trained without "
-            "(the one with the highest mean test F1 for that class). F1 is between 0 and 1, higher is better; the "
-            "difference is the GAN arm minus that baseline, with a 95% paired bootstrap interval over the test tiles "
-            f"and the seeds ({seeds}). Every score is on real test tiles the models never trained on."
+            f"Macro F1 on the real test split, against the arm without GAN tiles of best validation macro F1; "
+            f"paired group bootstrap as above ({_seeds_text(n_seeds)}); adjusted for the {m} GAN arms."
         ),
-        notes=[
-            "Verdict: helps / hurts when the 95% interval of the F1 difference lies above / below 0, else no "
-            "evidence. No evidence is not evidence of no effect: with few test tiles of a class the interval is "
-            "wide. The baseline is chosen on the test split, which favours it (a conservative comparison for the GAN).",
-        ],
         css=css,
     )
+
+
+def verdict_sentences(verdicts: pd.DataFrame, n_seeds: int) -> Table:
+    """One plain sentence per class: the GAN arm with the strongest evidence, in words."""
+    rows = []
+    per_class = verdicts[(verdicts["class"] != MACRO)]
+    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    for cls, sub in per_class.groupby("class", sort=False):
+        sub = sub[sub.apply(lambda r: _has_baseline(r), axis=1)] if "baseline_arm" in sub else sub.iloc[:0]
+        if not len(sub):
+            rows.append([cls, "No arm without GAN tiles to compare with."])
+            continue
+        r = sub.iloc[0]
+        if r["verdict"].startswith("too few"):
+            rows.append([cls, f"Too few test items (n={int(r['n_test'])}) to say whether the GAN helps {cls}."])
+            continue
+        helps, hurts = sub[sub["verdict"] == "helps"], sub[sub["verdict"] == "hurts"]
+        if len(helps):
+            r, verb = helps.sort_values("diff_lo_adj").iloc[-1], "raised"
+        elif len(hurts):
+            r, verb = hurts.sort_values("diff_hi_adj").iloc[0], "lowered"
+        else:
+            r, verb = sub.loc[sub["difference"].idxmax()], None
+        where = (
+            f"across {seeds} and {int(r['n_test'])} test items from {int(r['n_test_groups'])} groups, "
+            f"adjusted for {int(r['n_comparisons'])} comparisons"
+        )
+        size = f"{abs(r['difference']):.2f} [{r['diff_lo_adj']:+.2f}, {r['diff_hi_adj']:+.2f}]"
+        if verb:
+            text = f"{r['gan_arm']} {verb} {cls} F1 by {size} over {r['baseline_arm']}, {where}."
+        else:
+            text = (
+                f"No evidence that a GAN arm changes {cls} F1: the closest, {r['gan_arm']}, differs from "
+                f"{r['baseline_arm']} by {r['difference']:+.2f} [{r['diff_lo_adj']:+.2f}, {r['diff_hi_adj']:+.2f}], "
+                f"{where}."
+            )
+        rows.append([cls, text])
+    return Table("in_words", "The answer in words", ["class", "what the numbers say"], rows)
 
 
 def arms_table(arms) -> Table:
@@ -418,10 +544,13 @@ def summary_tables(
     n_test: dict,
     n_seeds: int,
     versions: list[tuple[str, str]],
+    min_support: int = 10,
 ) -> dict[str, Table]:
     """Every table of the report, by id; acceptance only with selective synthesis on."""
     tables = {
-        "verdicts": verdict_table(verdicts, n_seeds),
+        "in_words": verdict_sentences(verdicts, n_seeds),
+        "verdicts": verdict_table(verdicts, n_seeds, min_support),
+        "macro": macro_table(verdicts, n_seeds),
         "arms": arms_table(arm_table["arm"].unique()),
         "f1_by_arm": f1_table(arm_table, n_test),
     }
@@ -434,7 +563,7 @@ def summary_tables(
 
 
 def summary_markdown(dataset: str, tables: dict[str, Table]) -> str:
-    order = ["verdicts", "arms", "f1_by_arm", "gan_quality", "acceptance", "software"]
+    order = ["in_words", "verdicts", "macro", "arms", "f1_by_arm", "gan_quality", "acceptance", "software"]
     parts = [f"# bioaug summary: {dataset}"] + [tables[k].markdown() for k in order if k in tables]
     return "\n\n".join(parts) + "\n"
 
@@ -449,9 +578,9 @@ th { background: #f1f5f9; }
 td { font-variant-numeric: tabular-nums; white-space: nowrap; }
 td:last-child { white-space: normal; min-width: 12em; }
 tr.first td { border-top: 2px solid #64748b; }
-tr.helps td:nth-child(9) { background: #dcfce7; font-weight: bold; }
-tr.hurts td:nth-child(9) { background: #fee2e2; font-weight: bold; }
-tr.no-evidence td:nth-child(9) { color: #475569; }
+tr.helps td.verdict { background: #dcfce7; font-weight: bold; }
+tr.hurts td.verdict { background: #fee2e2; font-weight: bold; }
+tr.no-evidence td.verdict, tr.too-few td.verdict { color: #475569; }
 p.note, p.footer { color: #475569; font-size: 0.85em; max-width: 60em; }
 p { max-width: 60em; }
 """
@@ -472,7 +601,11 @@ def write_html_pages(dataset: str, tables: dict[str, Table], outputs: dict) -> N
     versions = tables["software"].rows
     footer = "Made with " + ", ".join(f"{p} {v}" for p, v in versions) + "."
     pages = {
-        "verdicts_html": (f"bioaug, dataset {dataset}: verdicts", ["verdicts", "arms", "software"], ""),
+        "verdicts_html": (
+            f"bioaug, dataset {dataset}: verdicts",
+            ["in_words", "verdicts", "macro", "arms", "software"],
+            "",
+        ),
         "f1_html": (f"bioaug, dataset {dataset}: test F1 per arm", ["f1_by_arm", "arms"], footer),
         "quality_html": (f"bioaug, dataset {dataset}: GAN quality", ["gan_quality", "acceptance"], footer),
     }
@@ -611,6 +744,42 @@ def plot_f1_with_intervals(arm_table: pd.DataFrame, path, n_test: dict | None = 
     _save(fig, path)
 
 
+VERDICT_COLOURS = {"helps": "#15803d", "hurts": "#b91c1c", "no evidence": "#334155"}
+
+
+def plot_forest(verdicts: pd.DataFrame, path) -> None:
+    """One line per class and GAN arm (the macro comparison last): the F1 difference from the
+    baseline, its 95% interval (thin) and the adjusted interval the verdict reads (thick)."""
+    plt = _plt()
+    rows = [r for r in verdicts.to_dict("records") if _has_baseline(r)]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * max(len(rows), 1) + 1.6))
+    for y, r in enumerate(rows):
+        label = f"{r['class']} (n={_count(r['n_test'])}) · {r['gan_arm']} vs {r['baseline_arm']}"
+        ax.text(-1.02, y, label, ha="right", va="center", fontsize=7, transform=ax.get_yaxis_transform())
+        if r["verdict"].startswith("too few"):
+            ax.text(0, y, r["verdict"], ha="center", va="center", fontsize=7, color="#64748b")
+            continue
+        colour = VERDICT_COLOURS.get(r["verdict"], "#334155")
+        ax.hlines(y, r["diff_lo_adj"], r["diff_hi_adj"], color=colour, lw=4, alpha=0.35)
+        ax.hlines(y, r["diff_lo"], r["diff_hi"], color=colour, lw=1.2)
+        ax.plot(r["difference"], y, "o", color=colour, ms=4)
+        if y and r["class"] != rows[y - 1]["class"]:
+            ax.axhline(y - 0.5, color="#cbd5e1", lw=0.6)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks([])
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(-1.02, 1.02)
+    ax.set_xlabel("test F1 difference, GAN arm minus baseline (F1 from 0 to 1; > 0: the GAN arm is better)")
+    if not rows:
+        ax.text(0, 0, "no arm without GAN tiles to compare with", ha="center", va="center")
+    ax.set_title(
+        "Does the GAN help? Dot: difference; thin line: 95% interval; thick: adjusted for all comparisons\n"
+        "(green: helps, red: hurts, grey: no evidence; n = test items of the class)",
+        fontsize=9,
+    )
+    _save(fig, path)
+
+
 def plot_confusions(results: list[dict], class_names_: list[str], path) -> None:
     """Row-normalised test confusion matrix per arm, summed over seeds."""
     plt = _plt()
@@ -657,6 +826,7 @@ def write_report(
     acceptance_jsons,
     dataset: str,
     n_boot: int,
+    min_support: int = 10,
     gan_loss: str | None = None,
 ) -> None:
     names = class_names(items)
@@ -664,9 +834,10 @@ def write_report(
     summary = summarise(results)
     with atomic_path(outputs["summary"]) as tmp:
         summary.to_csv(tmp, index=False)
-    arm_table, verdicts = summarise_arms(results, names, n_boot=n_boot)
+    groups = test_groups(items, results)
+    arm_table, verdicts = summarise_arms(results, names, n_boot=n_boot, groups=groups, min_support=min_support)
     n_test = support_per_class(results, names)
-    verdicts = ordered_verdicts(verdicts, names, n_test, real_train_counts(items, names))
+    verdicts = ordered_verdicts(verdicts, names, real_train_counts(items, names))
     with atomic_path(outputs["arm_summary"]) as tmp:
         arm_table.to_csv(tmp, index=False)
     with atomic_path(outputs["verdicts"]) as tmp:
@@ -674,7 +845,7 @@ def write_report(
     quality = pd.read_csv(quality_csv) if quality_csv else None
     acceptance = read_acceptance(acceptance_jsons)
     n_seeds = int(arm_table["n_seeds"].min())
-    tables = summary_tables(verdicts, arm_table, quality, acceptance, n_test, n_seeds, software_versions())
+    tables = summary_tables(verdicts, arm_table, quality, acceptance, n_test, n_seeds, software_versions(), min_support)
     with atomic_path(outputs["markdown"]) as tmp:
         tmp.write_text(summary_markdown(dataset, tables))
     write_html_pages(dataset, tables, outputs)
@@ -686,6 +857,7 @@ def write_report(
         log.info("verdicts:\n%s", verdicts.to_string(index=False))
     plot_recall_by_arm(summary, outputs["recall"], n_test)
     plot_f1_with_intervals(arm_table, outputs["f1"], n_test)
+    plot_forest(verdicts, outputs["forest"])
     plot_confusions(results, names, outputs["confusion"])
     plot_gan_losses(pd.read_csv(gan_log), outputs["losses"], gan_loss)
     plot_real_vs_synthetic(items, shard_npys, synthetic_npys, outputs["grid"])
