@@ -68,7 +68,7 @@ def test_bccd_end_to_end_from_url(tmp_path, bccd_url):
     run_snakemake(tmp_path, timeout=1500)
     res = tmp_path / "results" / "bccd"
 
-    items = pd.read_csv(res / "items.csv")
+    items = pd.read_csv(res / "fold-0" / "items.csv")
     rejected = pd.read_csv(res / "rejected.csv")
     in_archive = boxes_in_archive(archive)
     assert sum(in_archive.values()) == 4888 and in_archive["WBC"] == 372 and in_archive["Platelets"] == 361
@@ -95,5 +95,5 @@ def test_bccd_end_to_end_from_url(tmp_path, bccd_url):
     manifest = pd.read_csv(res / "balanced" / "manifest.csv")
     train = items[items["split"] == "train"]["label"].value_counts()
     assert (manifest.groupby("label").size() == train.max()).all()
-    m = json.loads((res / "classify" / "real" / "seed-0.json").read_text())
+    m = json.loads((res / "fold-0" / "classify" / "real" / "seed-0.json").read_text())
     assert m["n"] == (items["split"] == "test").sum() and set(m["per_class"]) == {"RBC", "WBC", "Platelets"}

@@ -109,6 +109,10 @@ def test_dataset_overrides_stay_sparse():
         (lambda c: c["feature_classifier"].update(lr=0), "feature_classifier.lr"),
         (lambda c: c["gan_quality"].update(max_per_class=5), "gan_quality.max_per_class"),
         (lambda c: c["report"].update(bootstrap=10), "report.bootstrap"),
+        (lambda c: c["split"].update(folds=0), "split.folds"),
+        (lambda c: c["split"].update(folds=2.5), "split.folds"),
+        (lambda c: c["split"].update(folds=50), "split.folds"),
+        (lambda c: c["report"].update(min_support=0), "report.min_support"),
         (lambda c: c["balance"].update(format="jpeg"), "balance.format"),
         (lambda c: c["balance"].update(format="TIFF"), "balance.format"),
         (lambda c: c["balance"].update(channel_names=[]), "balance.channel_names"),
@@ -161,6 +165,7 @@ def test_schema_errors_stop_snakemake_before_any_job(tmp_path, mutate, expected)
         (lambda c: c["tiles"].update(percentiles=[99, 1]), "tiles.percentiles"),
         (lambda c: c["balance"].update(target="fixed", count=None), "balance.count"),
         (lambda c: c["balance"].update(channel_names=["dapi", "dapi"]), "balance.channel_names"),
+        (lambda c: c["split"].update(folds=5, use_source_split=True), "split.folds"),
         (
             lambda c: (c["tiles"].update(channels=[0, 1]), c["balance"].update(channel_names=["dapi"])),
             "balance.channel_names",

@@ -36,7 +36,7 @@ def test_npz_dataset_runs_end_to_end_with_its_labels(tmp_path):
     write_config(work, config)
     run_snakemake(work)
     res = work / "results" / "npz"
-    items = pd.read_csv(res / "items.csv", dtype=str)
+    items = pd.read_csv(res / "fold-0" / "items.csv", dtype=str)
     assert sorted(items["label"].unique()) == ["0", "1", "2"]
     assert items.groupby("split").size().to_dict() == {"test": 24, "train": 60, "val": 24}
     tiles = pd.read_csv(res / "tiles" / "shard-00000.csv", dtype=str)

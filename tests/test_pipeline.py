@@ -18,7 +18,7 @@ DS = "tiny"
 
 def test_outputs_and_contracts(tiny_run):
     res = tiny_run / "results" / DS
-    items = pd.read_csv(res / "items.csv")
+    items = pd.read_csv(res / "fold-0" / "items.csv")
     assert {"item_id", "image", "group", "label", "split", "x", "y"} <= set(items.columns)
     ann = pd.read_csv(tiny_run / "resources" / "datasets" / DS / "annotations.csv")
     rejected = pd.read_csv(res / "rejected.csv")
@@ -44,7 +44,7 @@ def test_outputs_and_contracts(tiny_run):
         tile, axes, ij = tif.asarray(), tif.series[0].axes, tif.imagej_metadata
     assert tile.shape == (2, 16, 16) and tile.dtype == np.uint8 and axes == "CYX" and ij["channels"] == 2
     first = syn.iloc[0]
-    label_npy = res / "synthetic" / f"{safe_name(first['label'])}.npy"
+    label_npy = res / "fold-0" / "synthetic" / f"{safe_name(first['label'])}.npy"
     generated = np.load(label_npy)[0]  # the first balancing tile of its class
     np.testing.assert_array_equal(tile, np.rint(np.clip(generated, 0, 1) * 255).astype(np.uint8).transpose(2, 0, 1))
     assert set(manifest[["format", "dtype", "scale"]].itertuples(index=False, name=None)) == {("tiff", "uint8", 255)}
@@ -52,12 +52,12 @@ def test_outputs_and_contracts(tiny_run):
     assert (res / "balanced" / "README.txt").exists()
 
     # GAN log, classifier metrics, summary and figures.
-    gan_log = pd.read_csv(res / "gan" / "train_log.csv")
+    gan_log = pd.read_csv(res / "fold-0" / "gan" / "train_log.csv")
     assert gan_log["step"].iloc[-1] == 40 and np.isfinite(gan_log[["d_loss", "g_loss"]].to_numpy()).all()
     arms = ["class_weights", "gan_only", "oversample", "real", "real+classic", "real+gan", "real+gan+classic"]
     n_train = items[items["split"] == "train"]["label"].value_counts().sort_index().tolist()
     for arm in arms:
-        m = json.loads((res / "classify" / arm / "seed-0.json").read_text())
+        m = json.loads((res / "fold-0" / "classify" / arm / "seed-0.json").read_text())
         assert m["split"] == "test" and m["n"] == (items["split"] == "test").sum() == len(m["y_pred"])
         assert 0 <= m["balanced_accuracy"] <= 1 and set(m["per_class"]) == set(items["label"])
         expected = {"real": n_train, "real+gan": [max(n_train)] * 4, "gan_only": [max(n_train)] * 4}.get(arm)
@@ -82,7 +82,7 @@ def test_outputs_and_contracts(tiny_run):
     ).all()
     assert not verdicts["baseline_arm"].isin(["real+gan", "real+gan+classic", "gan_only"]).any()
     assert "| verdict |" in (res / "summary.md").read_text()
-    quality = pd.read_csv(res / "gan_quality.csv")
+    quality = pd.read_csv(res / "fold-0" / "gan_quality.csv")
     assert quality["class"].tolist() == ["all", *sorted(items["label"].unique())]
     assert (quality["fid"] >= 0).all() and quality[["precision", "recall", "coverage"]].apply(
         lambda c: c.between(0, 1)
@@ -91,10 +91,10 @@ def test_outputs_and_contracts(tiny_run):
         "report/recall_by_arm.png",
         "report/f1_by_arm.png",
         "report/confusion.png",
-        "report/closest_pairs.png",
+        "fold-0/closest_pairs.png",
         "report/real_vs_synthetic.png",
         "report/gan_losses.png",
-        "gan/samples.png",
+        "fold-0/gan/samples.png",
     ):
         assert (res / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
@@ -119,9 +119,9 @@ def test_gan_change_reruns_gan_dependants_only(copy_of_run):
     assert jobs == {"train_gan": 1, "generate": 4, "balance": 1, "classify": 3, "gan_quality": 1, "report": 1, "all": 1}
     out = run_snakemake(copy_of_run, "--dry-run").stdout
     for arm in ("real+gan", "real+gan+classic", "gan_only"):
-        assert f"output: results/tiny/classify/{arm}/seed-0.json" in out
+        assert f"output: results/tiny/fold-0/classify/{arm}/seed-0.json" in out
     for arm in ("real", "real+classic", "oversample", "class_weights"):
-        assert f"output: results/tiny/classify/{arm}/seed-0.json" not in out
+        assert f"output: results/tiny/fold-0/classify/{arm}/seed-0.json" not in out
 
 
 def test_html_report(copy_of_run):

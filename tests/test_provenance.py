@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 def test_a_synthetic_tile_regenerates_from_its_manifest_row_after_retraining(copy_of_run, monkeypatch):
     res = copy_of_run / "results" / "tiny"
     cls = "apoptotic"
-    before = np.load(res / "synthetic" / f"{cls}.npy")
-    meta = pd.read_csv(res / "synthetic" / f"{cls}.csv")
+    before = np.load(res / "fold-0" / "synthetic" / f"{cls}.npy")
+    meta = pd.read_csv(res / "fold-0" / "synthetic" / f"{cls}.csv")
     manifest = pd.read_csv(res / "balanced" / "manifest.csv")
     row = manifest[(manifest["origin"] == "synthetic") & (manifest["label"] == cls)].iloc[0]
     assert row["checkpoint"] == meta["checkpoint"].iloc[0] and "generator-step40" in row["checkpoint"]
@@ -35,12 +35,12 @@ def test_a_synthetic_tile_regenerates_from_its_manifest_row_after_retraining(cop
     config["gan"]["lr_d"] = 0.0003  # another run: gan/generator is overwritten
     write_config(copy_of_run, config)
     run_snakemake(copy_of_run)
-    after = np.load(res / "synthetic" / f"{cls}.npy")
+    after = np.load(res / "fold-0" / "synthetic" / f"{cls}.npy")
     assert not np.array_equal(after[0], before[0])  # the new generator draws another tile
 
     monkeypatch.chdir(copy_of_run)  # manifest paths are relative to the working folder
     gen = load_generator(row["checkpoint"])
-    names = class_names(pd.read_csv(res / "items.csv", dtype=str))
+    names = class_names(pd.read_csv(res / "fold-0" / "items.csv", dtype=str))
     again = sample_tiles(gen, names.index(cls), np.array([int(row["seed"])]))
     np.testing.assert_array_equal(again[0], before[0])  # bit for bit
     assert gen.meta["step"] == int(row["step"]) == 40

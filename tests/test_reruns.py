@@ -97,7 +97,7 @@ def test_a_change_the_index_reads_reruns_the_index_first(copy_of_run, mutate, do
 def test_a_new_arm_runs_only_its_models_and_the_report(copy_of_run):
     config = load_tiny_config()
     config["classifier"]["arms"].remove("class_weights")
-    shutil.rmtree(copy_of_run / "results" / "tiny" / "classify" / "class_weights")
+    shutil.rmtree(copy_of_run / "results" / "tiny" / "fold-0" / "classify" / "class_weights")
     write_config(copy_of_run, config)
     run_snakemake(copy_of_run)  # the report without the arm
     config["classifier"]["arms"].append("class_weights")
@@ -108,12 +108,12 @@ def test_a_new_arm_runs_only_its_models_and_the_report(copy_of_run):
 def test_raising_gan_steps_resumes_from_the_checkpoint(copy_of_run):
     """gan.steps is not part of the run identity: training continues at the last step."""
     config = load_tiny_config()
-    before = pd.read_csv(copy_of_run / "results/tiny/gan/train_log.csv")
+    before = pd.read_csv(copy_of_run / "results/tiny/fold-0/gan/train_log.csv")
     config["gan"]["steps"] = 60
     write_config(copy_of_run, config)
-    run_snakemake(copy_of_run, "--allowed-rules", "train_gan", "--force", "results/tiny/gan/train_log.csv")
-    log = (copy_of_run / "logs/tiny/train_gan.log").read_text()
+    run_snakemake(copy_of_run, "--allowed-rules", "train_gan", "--force", "results/tiny/fold-0/gan/train_log.csv")
+    log = (copy_of_run / "logs/tiny/fold-0/train_gan.log").read_text()
     assert "resumed GAN training" in log and "at step 40" in log
-    after = pd.read_csv(copy_of_run / "results/tiny/gan/train_log.csv")
+    after = pd.read_csv(copy_of_run / "results/tiny/fold-0/gan/train_log.csv")
     assert after["step"].tolist() == [10, 20, 30, 40, 50, 60]
     pd.testing.assert_frame_equal(after.iloc[:4], before)  # the first 40 steps are the old run's rows

@@ -217,9 +217,13 @@ def _no_timing(obj):
 def assert_same_outputs(local: Path, cluster: Path) -> None:
     """Results of the cluster run equal the local run's, wall-clock figures aside."""
     a, b = local / "results" / DS, cluster / "results" / DS
-    exact = ["items.csv", "index.csv", "balanced/manifest.csv", "gan_quality.csv", "memorisation.csv"]
+    exact = ["fold-0/items.csv", "index.csv", "balanced/manifest.csv", "fold-0/gan_quality.csv"]
+    exact += ["fold-0/memorisation.csv"]
     exact += sorted(
-        str(p.relative_to(a)) for d in ("tiles", "synthetic", "balanced") for p in (a / d).rglob("*") if p.is_file()
+        str(p.relative_to(a))
+        for d in ("tiles", "fold-0/synthetic", "balanced")
+        for p in (a / d).rglob("*")
+        if p.is_file()
     )
     assert any(f.startswith("tiles/shard-") and f.endswith(".npy") for f in exact)
     for rel in dict.fromkeys(exact):
@@ -228,12 +232,12 @@ def assert_same_outputs(local: Path, cluster: Path) -> None:
         p.relative_to(a) for p in (a / "tiles").rglob("*")
     )
     # The GAN's log and the classifiers' metrics (y_pred included) hold timings too.
-    for rel in ("gan/train_log.csv", "summary.csv"):
+    for rel in ("fold-0/gan/train_log.csv", "summary.csv"):
         ta, tb = pd.read_csv(a / rel), pd.read_csv(b / rel)
         keep = [c for c in ta.columns if c not in TIMING]
         pd.testing.assert_frame_equal(ta[keep], tb[keep], obj=rel)
-    jsons = sorted(p.relative_to(a) for p in (a / "classify").rglob("*.json"))
-    assert jsons and jsons == sorted(p.relative_to(b) for p in (b / "classify").rglob("*.json"))
+    jsons = sorted(p.relative_to(a) for p in (a / "fold-0" / "classify").rglob("*.json"))
+    assert jsons and jsons == sorted(p.relative_to(b) for p in (b / "fold-0" / "classify").rglob("*.json"))
     for rel in jsons:
         ja, jb = json.loads((a / rel).read_text()), json.loads((b / rel).read_text())
         assert ja["y_pred"] == jb["y_pred"], rel
@@ -307,13 +311,18 @@ def preempted_run(slurm_run, slurm_cluster, tmp_path_factory):
     # another seed: a fresh run (a longer run of the same settings would resume at step 40)
     config["gan"].update(steps=PREEMPT_STEPS, checkpoint_every=PREEMPT_CKPT, log_every=PREEMPT_LOG, seed=1)
     write_config(workdir, config)
-    ckpt_root = workdir / "results" / DS / "gan" / "checkpoints"
+    ckpt_root = workdir / "results" / DS / "fold-0" / "gan" / "checkpoints"
     before = {p.name for p in ckpt_root.iterdir()} if ckpt_root.exists() else set()
 
     proc, log, t0 = start_snakemake(
         workdir,
         *cluster_args(
-            slurm_cluster, "--retries", "1", "--slurm-status-command", "squeue", f"results/{DS}/gan/train_log.csv"
+            slurm_cluster,
+            "--retries",
+            "1",
+            "--slurm-status-command",
+            "squeue",
+            f"results/{DS}/fold-0/gan/train_log.csv",
         ),
     )
     cancelled = None
@@ -359,12 +368,12 @@ def test_preempted_train_gan_resumes_from_checkpoint(preempted_run):
     # the retry resumed from the checkpoint (the log file is the retry's: Snakemake
     # removes a job's log before each attempt)
     res = run.workdir / "results" / DS
-    resumed = RESUMED.findall((run.workdir / "logs" / DS / "train_gan.log").read_text())
+    resumed = RESUMED.findall((run.workdir / "logs" / DS / "fold-0" / "train_gan.log").read_text())
     assert len(resumed) == 1, resumed
     step = int(resumed[0][1])
     assert cancelled["checkpoint"] <= step < PREEMPT_STEPS and step % PREEMPT_CKPT == 0
-    assert Path(resumed[0][0]).parent == (res / "gan" / "checkpoints").resolve()
-    log = pd.read_csv(res / "gan" / "train_log.csv")
+    assert Path(resumed[0][0]).parent == (res / "fold-0" / "gan" / "checkpoints").resolve()
+    log = pd.read_csv(res / "fold-0" / "gan" / "train_log.csv")
     assert log["step"].iloc[-1] == PREEMPT_STEPS and log["step"].is_unique
     assert set(log["step"]) >= set(range(step + PREEMPT_LOG, PREEMPT_STEPS + 1, PREEMPT_LOG))
 
@@ -373,7 +382,7 @@ def test_preempted_train_log_has_every_step_once(preempted_run):
     # Snakemake deletes a failed job's declared outputs (train_log.csv among them) before the
     # retry; the GAN keeps its log beside the checkpoints, so no row is lost.
     run, _ = preempted_run
-    log = pd.read_csv(run.workdir / "results" / DS / "gan" / "train_log.csv")
+    log = pd.read_csv(run.workdir / "results" / DS / "fold-0" / "gan" / "train_log.csv")
     assert log["step"].tolist() == list(range(PREEMPT_LOG, PREEMPT_STEPS + 1, PREEMPT_LOG))
 
 
@@ -400,9 +409,9 @@ def test_gan_change_resubmits_only_gan_dependants(slurm_run, slurm_cluster, tmp_
     jobs = sacct_jobs(rerun.run_id, expected=n)
     assert sorted(jobs["JobIDRaw"]) == sorted(rerun.submitted) and (jobs["State"] == "COMPLETED").all(), jobs
     for arm in ("real+gan", "real+gan+classic", "gan_only"):
-        assert f"output: results/{DS}/classify/{arm}/seed-0.json" in rerun.output
+        assert f"output: results/{DS}/fold-0/classify/{arm}/seed-0.json" in rerun.output
     for arm in ("real", "real+classic", "oversample", "class_weights"):
-        assert f"output: results/{DS}/classify/{arm}/seed-0.json" not in rerun.output
+        assert f"output: results/{DS}/fold-0/classify/{arm}/seed-0.json" not in rerun.output
     print(
         f"\nGAN-change rerun through SLURM: {rerun.seconds:.0f} s, {len(rerun.submitted)} SLURM jobs "
         f"for {sum(rerun.finished().values())} Snakemake jobs"

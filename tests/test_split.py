@@ -90,3 +90,34 @@ def test_stratification_beats_a_random_group_split():
         got = rare_counts(items.assign(split=items["group"].map(split_of)))
         misses += got != want
     assert misses >= 7
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_k_folds_test_every_item_once_and_keep_groups_whole(k):
+    from bioaug.stages.split import assign_fold
+
+    items = make_items(n_groups=60, rare_groups=15)
+    folds = [assign_fold(items, k, f, FRACTIONS, seed=0) for f in range(k)]
+    tested = pd.concat([f.loc[f["split"] == "test", "item_id"] for f in folds])
+    assert sorted(tested) == sorted(items["item_id"]) and tested.is_unique  # each item tested in one fold
+    for f, out in enumerate(folds):
+        check_group_integrity(out)
+        assert (out.groupby("group")["split"].nunique() == 1).all()
+        assert (out.groupby(["label", "split"]).size().unstack() > 0).all().all()
+        is_test = out["split"] == "test"
+        assert (out.loc[is_test, "fold"] == f).all() and (out.loc[~is_test, "fold"] != f).all()
+        rest = out[out["split"] != "test"]["split"].value_counts(normalize=True)
+        assert rest["val"] == pytest.approx(0.25, abs=0.08)  # val : train = 0.2 : 0.6 of the other folds
+        rare = out[out["label"] == "rare"]["split"].value_counts()
+        assert abs(rare["test"] - 15 / k) <= 1  # stratified: the rare class spread evenly over the folds
+    again = assign_fold(items, k, 1, FRACTIONS, seed=0)
+    assert again["split"].tolist() == folds[1]["split"].tolist()  # every fold job computes the same folds
+
+
+def test_k_fold_errors_name_the_key():
+    from bioaug.stages.split import assign_fold
+
+    with pytest.raises(BioaugError, match="split.folds: 5 folds need at least 5 groups"):
+        assign_fold(make_items(n_groups=4), 5, 0, FRACTIONS, seed=0)
+    with pytest.raises(BioaugError, match=r"fold 1 of 3: class 'rare' has no items in the \w+ split"):
+        assign_fold(make_items(n_groups=30, rare_groups=2), 3, 1, FRACTIONS, seed=0)

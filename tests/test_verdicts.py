@@ -227,3 +227,35 @@ def test_verdicts_need_common_test_tiles_and_seeds():
     results, names = fake_results(y, {"real": [y, y], "real+gan": [y]})
     with pytest.raises(ValueError, match="different seeds"):
         summarise_arms(results, names, n_boot=100)
+
+
+def test_folds_are_pooled_into_one_evaluation():
+    """Per (arm, seed), the folds' test predictions are concatenated: the support of a class is
+    all its items, validation scores are averaged; a tile tested twice or a missing fold is refused."""
+    from bioaug.verdicts import pool_folds
+
+    rng = np.random.default_rng(6)
+    per_fold = []
+    for fold in range(3):
+        y = rng.integers(0, 2, 30)
+        results, names = fake_results(y, {"real": [y, 1 - y], "real+gan": [y, y]})
+        for r in results:
+            r.update(fold=fold, macro_f1=0.5, val_macro_f1=0.1 * fold, best_epoch=fold + 1, n_train_per_class=[5, 5])
+            r["test_tile_ids"] = r["test_item_ids"] = [f"f{fold}-t{i}" for i in range(30)]
+        per_fold += results
+    pooled = pool_folds(per_fold, names)
+    assert sorted((r["arm"], r["seed"]) for r in pooled) == [("real", 0), ("real", 1), ("real+gan", 0), ("real+gan", 1)]
+    real0 = next(r for r in pooled if (r["arm"], r["seed"]) == ("real", 0))
+    assert real0["n"] == 90 and real0["accuracy"] == 1.0 and real0["val_macro_f1"] == pytest.approx(0.1)
+    assert real0["test_tile_ids"][:2] == ["f0-t0", "f0-t1"] and real0["test_tile_ids"][-1] == "f2-t29"
+    _, verdicts = summarise_arms(pooled, names, n_boot=200)
+    assert (verdicts["n_test"].sum() - verdicts.loc[verdicts["class"] == MACRO, "n_test"].sum()) == 90 * 1
+    assert pool_folds([r for r in per_fold if r["fold"] == 0], names)[0] is per_fold[0]  # one fold: as it is
+    with pytest.raises(ValueError, match="has folds \\[0, 2\\], expected \\[0, 1, 2\\]"):
+        pool_folds([r for r in per_fold if not (r["fold"] == 1 and r["arm"] == "real" and r["seed"] == 0)], names)
+    twice = [dict(r) for r in per_fold]
+    for r in twice:
+        if r["fold"] == 2:
+            r["test_tile_ids"] = [f"f0-t{i}" for i in range(30)]
+    with pytest.raises(ValueError, match="more than one fold"):
+        pool_folds(twice, names)

@@ -124,6 +124,11 @@ def check_config(config: dict) -> None:
             return f"{where}.{section}.{name}" if own else f"{section}.{name}"
 
         split = dataset_section(config, ds, "split")
+        if split["folds"] > 1 and split["use_source_split"]:
+            raise BioaugError(
+                f"{key('split', 'folds')}: {split['folds']} folds cannot keep the data's own split "
+                f"(split.use_source_split); use one or the other"
+            )
         total = sum(split["fractions"].values())
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise BioaugError(f"{key('split', 'fractions')}: must sum to 1, got {total:g}")

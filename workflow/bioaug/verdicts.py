@@ -128,6 +128,48 @@ def validation_f1(by_arm: dict[str, list[dict]], class_names: list[str]) -> dict
     return out
 
 
+def pool_folds(results: list[dict], class_names: list[str]) -> list[dict]:
+    """One result per (arm, seed) from its per-fold results: the folds' test predictions
+    concatenated (in fold order; every item is tested in exactly one fold), the metrics
+    recomputed on them, the validation scores and seconds averaged over folds. With one fold,
+    the results come back as they are."""
+    from .metrics import get_metric
+
+    folds = sorted({r.get("fold", 0) for r in results})
+    if len(folds) == 1:
+        return results
+    by_model: dict[tuple, list[dict]] = {}
+    for r in results:
+        by_model.setdefault((r["arm"], r["seed"]), []).append(r)
+    pooled = []
+    for (arm, seed), runs in sorted(by_model.items()):
+        runs = sorted(runs, key=lambda r: r["fold"])
+        if [r["fold"] for r in runs] != folds:
+            raise ValueError(f"arm {arm} seed {seed} has folds {[r['fold'] for r in runs]}, expected {folds}")
+        cat = {k: [v for r in runs for v in r[k]] for k in ("test_tile_ids", "test_item_ids", "y_true", "y_pred")}
+        if len(set(cat["test_tile_ids"])) != len(cat["test_tile_ids"]):
+            raise ValueError(f"arm {arm} seed {seed}: a test tile is in the test part of more than one fold")
+        metrics = get_metric("classification")(np.asarray(cat["y_true"]), np.asarray(cat["y_pred"]), None, class_names)
+        pooled.append(
+            {
+                **metrics,
+                **cat,
+                "arm": arm,
+                "seed": seed,
+                "fold": "pooled",
+                "split": "test",
+                "n_folds": len(folds),
+                "seconds": float(np.mean([r["seconds"] for r in runs])),
+                "best_epoch": float(np.mean([r["best_epoch"] for r in runs])),
+                "n_train_per_class": np.mean([r["n_train_per_class"] for r in runs], axis=0).tolist(),
+                "val_per_class_f1": {c: float(np.mean([r["val_per_class_f1"][c] for r in runs])) for c in class_names},
+                "val_macro_f1": float(np.mean([r["val_macro_f1"] for r in runs])),
+                "fold_macro_f1": [r["macro_f1"] for r in runs],
+            }
+        )
+    return pooled
+
+
 def summarise_arms(
     results: list[dict],
     class_names: list[str],

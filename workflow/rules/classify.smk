@@ -5,9 +5,9 @@ rule classify:
     input:
         unpack(classify_inputs),
     output:
-        "results/{dataset}/classify/{arm}/seed-{seed}.json",
+        "results/{dataset}/fold-{fold}/classify/{arm}/seed-{seed}.json",
     log:
-        "logs/{dataset}/classify-{arm}-{seed}.log",
+        "logs/{dataset}/fold-{fold}/classify-{arm}-{seed}.log",
     group:
         "classify"
     conda:
@@ -24,13 +24,13 @@ rule classify:
 
 rule feature_classifier:
     input:
-        items_csv="results/{dataset}/items.csv",
+        items_csv="results/{dataset}/fold-{fold}/items.csv",
         shards=shard_npys,
         shard_tables=shard_tables,
     output:
-        directory("results/{dataset}/feature_classifier"),
+        directory("results/{dataset}/fold-{fold}/feature_classifier"),
     log:
-        "logs/{dataset}/feature_classifier.log",
+        "logs/{dataset}/fold-{fold}/feature_classifier.log",
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("feature_classifier")

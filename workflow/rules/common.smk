@@ -16,6 +16,11 @@ wildcard_constraints:
     arm=ARM_PATTERN,
     seed=r"\d+",
     shard=r"\d+",
+    fold=r"\d+",
+
+
+# The fold whose GAN makes the balanced dataset and the report's GAN figures.
+BALANCED_FOLD = 0
 
 
 # What each job asks a cluster scheduler for, in one place (read by the rules' threads and
@@ -89,6 +94,10 @@ def section_keys(name, *keys):
     return params
 
 
+def n_folds(dataset):
+    return dataset_section(config, dataset, "split")["folds"]
+
+
 def selective_synthesis(dataset):
     return dataset_section(config, dataset, "generate")["min_confidence"] is not None
 
@@ -128,10 +137,13 @@ def class_slugs(dataset):
     return sorted({safe_name(label) for label in index_table(dataset)["label"]})
 
 
-def synthetic_files(suffix):
+def synthetic_files(suffix, fold=None):
+    """The synthetic files of every class, of the job's fold (or of `fold`)."""
+
     def files(wildcards):
+        f = wildcards.fold if fold is None else fold
         return [
-            f"results/{wildcards.dataset}/synthetic/{c}.{suffix}"
+            f"results/{wildcards.dataset}/fold-{f}/synthetic/{c}.{suffix}"
             for c in class_slugs(wildcards.dataset)
         ]
 
@@ -140,19 +152,17 @@ def synthetic_files(suffix):
 
 def generate_inputs(wildcards):
     """The generator; and the feature classifier (the filter) when selective synthesis is on."""
-    inputs = {
-        "generator": f"results/{wildcards.dataset}/gan/generator",
-        "items_csv": f"results/{wildcards.dataset}/items.csv",
-    }
+    fold = f"results/{wildcards.dataset}/fold-{wildcards.fold}"
+    inputs = {"generator": f"{fold}/gan/generator", "items_csv": f"{fold}/items.csv"}
     if selective_synthesis(wildcards.dataset):
-        inputs["filter_classifier"] = f"results/{wildcards.dataset}/feature_classifier"
+        inputs["filter_classifier"] = f"{fold}/feature_classifier"
     return inputs
 
 
 def classify_inputs(wildcards):
     """Each arm reads only what it trains on, so a GAN change never reruns the real arms."""
     inputs = {
-        "items_csv": f"results/{wildcards.dataset}/items.csv",
+        "items_csv": f"results/{wildcards.dataset}/fold-{wildcards.fold}/items.csv",
         "shards": shard_npys(wildcards),
         "shard_tables": shard_tables(wildcards),
     }
@@ -167,10 +177,23 @@ def classify_inputs(wildcards):
 def classify_jsons(wildcards):
     cfg = dataset_section(config, wildcards.dataset, "classifier")
     return [
-        f"results/{wildcards.dataset}/classify/{arm}/seed-{seed}.json"
+        f"results/{wildcards.dataset}/fold-{fold}/classify/{arm}/seed-{seed}.json"
+        for fold in range(n_folds(wildcards.dataset))
         for arm in cfg["arms"]
         for seed in cfg["seeds"]
     ]
+
+
+def fold_files(name):
+    """`name` (under results/<ds>/fold-<f>/) of every fold: what the report pools."""
+
+    def files(wildcards):
+        return [
+            f"results/{wildcards.dataset}/fold-{fold}/{name}"
+            for fold in range(n_folds(wildcards.dataset))
+        ]
+
+    return files
 
 
 def all_outputs():

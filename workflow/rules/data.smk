@@ -51,9 +51,9 @@ rule split:
     input:
         "results/{dataset}/index.csv",
     output:
-        "results/{dataset}/items.csv",
+        "results/{dataset}/fold-{fold}/items.csv",
     log:
-        "logs/{dataset}/split.log",
+        "logs/{dataset}/fold-{fold}/split.log",
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("split")

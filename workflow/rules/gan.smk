@@ -1,23 +1,27 @@
-"""train_gan -> generate (one job per class) -> balance."""
+"""Per fold: train_gan -> generate (one job per class) -> gan_quality; fold 0 -> balance."""
 
 
 rule train_gan:
     input:
-        items_csv="results/{dataset}/items.csv",
+        items_csv="results/{dataset}/fold-{fold}/items.csv",
         shards=shard_npys,
         shard_tables=shard_tables,
     output:
-        generator=directory("results/{dataset}/gan/generator"),
-        log_csv="results/{dataset}/gan/train_log.csv",
-        training_tiles="results/{dataset}/gan/training_tiles.csv",
+        generator=directory("results/{dataset}/fold-{fold}/gan/generator"),
+        log_csv="results/{dataset}/fold-{fold}/gan/train_log.csv",
+        training_tiles="results/{dataset}/fold-{fold}/gan/training_tiles.csv",
         samples=report(
-            "results/{dataset}/gan/samples.png",
+            "results/{dataset}/fold-{fold}/gan/samples.png",
             caption="../report/gan_samples.rst",
             category="GAN",
-            labels={"dataset": "{dataset}", "figure": "EMA generator samples"},
+            labels={
+                "dataset": "{dataset}",
+                "fold": "{fold}",
+                "figure": "EMA generator samples",
+            },
         ),
     log:
-        "logs/{dataset}/train_gan.log",
+        "logs/{dataset}/fold-{fold}/train_gan.log",
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("train_gan")
@@ -27,7 +31,7 @@ rule train_gan:
         gan=section("gan"),
         # Checkpoints live outside the declared outputs, so Snakemake does not delete a
         # failed or killed job's progress; the next attempt resumes from them.
-        checkpoint_root="results/{dataset}/gan/checkpoints",
+        checkpoint_root="results/{dataset}/fold-{fold}/gan/checkpoints",
     script:
         "../scripts/train_gan.py"
 
@@ -36,11 +40,11 @@ rule generate:
     input:
         unpack(generate_inputs),
     output:
-        tiles="results/{dataset}/synthetic/{cls}.npy",
-        seeds="results/{dataset}/synthetic/{cls}.csv",
-        acceptance="results/{dataset}/synthetic/{cls}.json",
+        tiles="results/{dataset}/fold-{fold}/synthetic/{cls}.npy",
+        seeds="results/{dataset}/fold-{fold}/synthetic/{cls}.csv",
+        acceptance="results/{dataset}/fold-{fold}/synthetic/{cls}.json",
     log:
-        "logs/{dataset}/generate-{cls}.log",
+        "logs/{dataset}/fold-{fold}/generate-{cls}.log",
     group:
         "generate"
     conda:
@@ -55,13 +59,15 @@ rule generate:
         "../scripts/generate.py"
 
 
+# The user's balanced dataset: fold 0's real train tiles and its GAN's tiles (with split.folds
+# = 1, the one split; with k folds, fold 0 holds (k - 1) / k of the items for train and val).
 rule balance:
     input:
-        items_csv="results/{dataset}/items.csv",
+        items_csv=f"results/{{dataset}}/fold-{BALANCED_FOLD}/items.csv",
         shards=shard_npys,
         shard_tables=shard_tables,
-        synthetic=synthetic_files("npy"),
-        synthetic_tables=synthetic_files("csv"),
+        synthetic=synthetic_files("npy", fold=BALANCED_FOLD),
+        synthetic_tables=synthetic_files("csv", fold=BALANCED_FOLD),
     output:
         directory("results/{dataset}/balanced"),
     log:
@@ -80,28 +86,36 @@ rule balance:
 
 rule gan_quality:
     input:
-        feature_classifier="results/{dataset}/feature_classifier",
-        items_csv="results/{dataset}/items.csv",
+        feature_classifier="results/{dataset}/fold-{fold}/feature_classifier",
+        items_csv="results/{dataset}/fold-{fold}/items.csv",
         shards=shard_npys,
         shard_tables=shard_tables,
         synthetic=synthetic_files("npy"),
         synthetic_tables=synthetic_files("csv"),
     output:
         quality=report(
-            "results/{dataset}/gan_quality.csv",
+            "results/{dataset}/fold-{fold}/gan_quality.csv",
             caption="../report/gan_quality.rst",
             category="GAN",
-            labels={"dataset": "{dataset}", "table": "GAN quality per class"},
+            labels={
+                "dataset": "{dataset}",
+                "fold": "{fold}",
+                "table": "GAN quality per class",
+            },
         ),
-        memorisation="results/{dataset}/memorisation.csv",
+        memorisation="results/{dataset}/fold-{fold}/memorisation.csv",
         pairs=report(
-            "results/{dataset}/report/closest_pairs.png",
+            "results/{dataset}/fold-{fold}/closest_pairs.png",
             caption="../report/closest_pairs.rst",
             category="GAN",
-            labels={"dataset": "{dataset}", "figure": "closest synthetic/real pairs"},
+            labels={
+                "dataset": "{dataset}",
+                "fold": "{fold}",
+                "figure": "closest synthetic/real pairs",
+            },
         ),
     log:
-        "logs/{dataset}/gan_quality.log",
+        "logs/{dataset}/fold-{fold}/gan_quality.log",
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("gan_quality")

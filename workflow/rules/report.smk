@@ -4,14 +4,15 @@
 rule report:
     input:
         metrics=classify_jsons,
-        items_csv="results/{dataset}/items.csv",
+        items_csvs=fold_files("items.csv"),
         shards=shard_npys,
         shard_tables=shard_tables,
-        synthetic=synthetic_files("npy"),
-        synthetic_tables=synthetic_files("csv"),
-        gan_log="results/{dataset}/gan/train_log.csv",
-        quality="results/{dataset}/gan_quality.csv",
-        acceptance=synthetic_files("json"),
+        # the GAN figures show fold 0's GAN (the one behind the balanced dataset)
+        synthetic=synthetic_files("npy", fold=BALANCED_FOLD),
+        synthetic_tables=synthetic_files("csv", fold=BALANCED_FOLD),
+        gan_log=f"results/{{dataset}}/fold-{BALANCED_FOLD}/gan/train_log.csv",
+        acceptance=synthetic_files("json", fold=BALANCED_FOLD),
+        quality=fold_files("gan_quality.csv"),
     output:
         summary=report(
             "results/{dataset}/summary.csv",

@@ -12,4 +12,5 @@ with stage(snakemake, uses_jax=True):
         snakemake.params.classifier,
         snakemake.output[0],
         synthetic_npys=snakemake.input.get("synthetic", []),
+        fold=int(snakemake.wildcards.fold),
     )

@@ -6,11 +6,11 @@ from bioaug.stages import report
 with stage(snakemake):
     report.run(
         metric_jsons=snakemake.input.metrics,
-        items_csv=snakemake.input.items_csv,
+        items_csvs=snakemake.input.items_csvs,
         shard_npys=snakemake.input.shards,
         synthetic_npys=snakemake.input.synthetic,
         gan_log=snakemake.input.gan_log,
-        quality_csv=snakemake.input.quality,
+        quality_csvs=snakemake.input.quality,
         acceptance_jsons=snakemake.input.acceptance,
         outputs=dict(snakemake.output.items()),
         dataset=snakemake.wildcards.dataset,

@@ -1,4 +1,4 @@
-"""One classifier's result: results/<ds>/classify/<arm>/seed-<n>.json.
+"""One classifier's result: results/<ds>/fold-<f>/classify/<arm>/seed-<n>.json.
 
 The test-split metrics of one (arm, seed) model (`bioaug.metrics.classification`), its
 training record, and its per-tile test predictions (for the paired bootstrap of the report).
@@ -13,7 +13,7 @@ from pathlib import Path
 from ..runtime import atomic_path
 
 REQUIRED_KEYS = (
-    "arm", "seed", "split",                       # which model, scored on which split
+    "arm", "seed", "fold", "split",               # which model, scored on which split
     "class_names", "n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc",
     "per_class", "confusion_matrix",               # metrics.classification
     "n_train_per_class", "best_epoch", "history", "seconds", "train_seconds",

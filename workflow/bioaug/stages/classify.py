@@ -25,9 +25,10 @@ from ..runtime import BioaugError
 log = logging.getLogger("bioaug.classify")
 
 
-def run(arm: str, seed: int, items_csv, shard_npys, cfg: dict, out_json, synthetic_npys=()) -> dict:
-    """The classify stage: one model, its test metrics to `out_json`."""
-    result = run_arm(arm, seed, read_items(items_csv), shard_npys, cfg, synthetic_npys)
+def run(arm: str, seed: int, items_csv, shard_npys, cfg: dict, out_json, synthetic_npys=(), fold: int = 0) -> dict:
+    """The classify stage: one model of one fold (`items_csv` holds the fold's split), its
+    test metrics to `out_json`."""
+    result = {"fold": fold, **run_arm(arm, seed, read_items(items_csv), shard_npys, cfg, synthetic_npys)}
     write_result(result, out_json)
     return result
 

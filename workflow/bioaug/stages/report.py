@@ -23,7 +23,7 @@ from ..formats.items import class_names, read_items
 from ..formats.shards import load_tiles
 from ..formats.synthetic import read_acceptance, read_synthetic
 from ..runtime import BioaugError, atomic_path
-from ..verdicts import MACRO, summarise_arms
+from ..verdicts import MACRO, pool_folds, summarise_arms
 
 log = logging.getLogger("bioaug.report")
 GRID_PER_ROW = 8
@@ -53,25 +53,28 @@ SOFTWARE = ("bioaug", "jax", "jaxlib", "flax", "optax", "snakemake")
 def run(
     *,
     metric_jsons,
-    items_csv,
+    items_csvs,
     shard_npys,
     synthetic_npys,
     gan_log,
-    quality_csv,
+    quality_csvs,
     acceptance_jsons,
     outputs: dict,
     dataset: str,
     cfg: dict,
     gan_loss: str | None = None,
 ) -> None:
-    """The report stage: every table and figure of one dataset, from the stages' files."""
+    """The report stage: every table and figure of one dataset, from the stages' files.
+    items_csvs and quality_csvs: one per fold, fold 0 first (its GAN makes the GAN figures)."""
+    fold_items = [read_items(p) for p in items_csvs]
     write_report(
         metric_jsons=metric_jsons,
-        items=read_items(items_csv),
+        items=fold_items[0],
+        train_counts=real_train_counts(fold_items),
         shard_npys=shard_npys,
         synthetic_npys=synthetic_npys,
         gan_log=gan_log,
-        quality_csv=quality_csv,
+        quality_csvs=quality_csvs,
         acceptance_jsons=acceptance_jsons,
         outputs=outputs,
         dataset=dataset,
@@ -85,12 +88,13 @@ def run(
 
 
 def summarise(results: list[dict]) -> pd.DataFrame:
-    """One row per (arm, seed): overall test metrics, then recall and F1 per class."""
+    """One row per (arm, seed, fold): overall test metrics, then recall and F1 per class."""
     rows = []
     for m in results:
         row = {
             "arm": m["arm"],
             "seed": m["seed"],
+            "fold": m.get("fold", 0),
             "n_test": m["n"],
             "accuracy": m["accuracy"],
             "balanced_accuracy": m["balanced_accuracy"],
@@ -103,12 +107,12 @@ def summarise(results: list[dict]) -> pd.DataFrame:
             row[f"recall[{cls}]"] = pc["recall"]
             row[f"f1[{cls}]"] = pc["f1"]
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["arm", "seed"]).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["arm", "seed", "fold"], key=lambda c: c.astype(str)).reset_index(drop=True)
 
 
 def by_arm(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds for every metric column."""
-    metrics = [c for c in summary.columns if c not in ("arm", "seed")]
+    metrics = [c for c in summary.columns if c not in ("arm", "seed", "fold")]
     agg = summary.groupby("arm")[metrics].agg(["mean", "std"])
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
     return agg.reset_index()
@@ -126,9 +130,11 @@ def support_per_class(results: list[dict], names: list[str]) -> dict[str, int]:
     return {c: int(per_class[c]["support"]) for c in names}
 
 
-def real_train_counts(items: pd.DataFrame, names: list[str]) -> dict[str, int]:
-    counts = items.loc[items["split"] == "train", "label"].value_counts()
-    return {c: int(counts.get(c, 0)) for c in names}
+def real_train_counts(fold_items: list[pd.DataFrame]) -> dict[str, int]:
+    """Real train items per class that one model trains on (the mean over folds, rounded)."""
+    names = class_names(fold_items[0])
+    counts = [items.loc[items["split"] == "train", "label"].value_counts() for items in fold_items]
+    return {c: int(round(np.mean([n.get(c, 0) for n in counts]))) for c in names}
 
 
 def ordered_verdicts(verdicts: pd.DataFrame, names: list[str], n_train: dict) -> pd.DataFrame:
@@ -145,6 +151,16 @@ def ordered_verdicts(verdicts: pd.DataFrame, names: list[str], n_train: dict) ->
     first = ["class", "n_test", "n_test_groups", "n_real_train"]
     cols = [c for c in first if c in out] + [c for c in verdicts.columns if c not in first]
     return out.sort_values(["_c", "_a"], kind="stable")[cols].reset_index(drop=True)
+
+
+def read_quality(quality_csvs) -> pd.DataFrame | None:
+    """gan_quality.csv of every fold, with a `fold` column when there are several."""
+    if not quality_csvs:
+        return None
+    tables = [pd.read_csv(p, dtype={"class": str}) for p in quality_csvs]
+    if len(tables) == 1:
+        return tables[0]
+    return pd.concat([t.assign(fold=f) for f, t in enumerate(tables)], ignore_index=True)
 
 
 def test_groups(items: pd.DataFrame, results: list[dict]) -> np.ndarray:
@@ -238,7 +254,7 @@ class Table:
 
 
 VERDICT_HEADERS = [
-    "class", "test items (n)", "test groups (n)", "real train tiles (n)", "GAN arm", "GAN arm F1",
+    "class", "test items (n)", "test groups (n)", "real train items (n, per model)", "GAN arm", "GAN arm F1",
     "baseline (best on validation)", "its F1", "difference [95% CI]", "adjusted [CI]", "verdict", "note",
 ]  # fmt: skip
 
@@ -406,6 +422,8 @@ def verdict_sentences(verdicts: pd.DataFrame, n_seeds: int) -> Table:
         size = f"{abs(r['difference']):.2f} [{r['diff_lo_adj']:+.2f}, {r['diff_hi_adj']:+.2f}]"
         if verb:
             text = f"{r['gan_arm']} {verb} {cls} F1 by {size} over {r['baseline_arm']}, {where}."
+        elif (sub["gan_f1"] == 0).all() and r["baseline_f1"] == 0:
+            text = f"No arm recognises {cls}: F1 = 0 for every GAN arm and for {r['baseline_arm']} ({where})."
         else:
             text = (
                 f"No evidence that a GAN arm changes {cls} F1: the closest, {r['gan_arm']}, differs from "
@@ -468,17 +486,40 @@ def _quality_cell(x, digits) -> str:
     return f"{float(x):.{digits}f}"
 
 
+def fold_table(per_fold: list[dict]) -> Table:
+    """Macro F1 of every arm in every fold (mean over seeds): how much the folds disagree."""
+    frame = pd.DataFrame([{"arm": r["arm"], "fold": r["fold"], "macro_f1": r["macro_f1"]} for r in per_fold])
+    means = frame.groupby(["arm", "fold"])["macro_f1"].mean().unstack("fold")
+    folds = list(means.columns)
+    rows = []
+    for arm in arm_order(means.index):
+        vals = means.loc[arm]
+        rows.append([arm, *(_fmt(vals[f]) for f in folds), f"{vals.min():.2f} to {vals.max():.2f}"])
+    return Table(
+        "folds",
+        "Macro F1 per fold (mean over seeds)",
+        ["arm", *(f"fold {f}" for f in folds), "range"],
+        rows,
+        intro=(
+            "Each fold tests on its own items, with models trained on the other folds only; the verdicts above pool "
+            "the test predictions of all folds. A wide range means the answer depends on which items are tested."
+        ),
+    )
+
+
 def quality_table(quality: pd.DataFrame) -> Table:
     cols = [c for c in QUALITY_COLUMNS if c in quality.columns]
+    by_fold = "fold" in quality.columns
     rows = [
-        ["all classes" if r["class"] == "all" else str(r["class"])]
+        ([str(r["fold"])] if by_fold else [])
+        + ["all classes" if r["class"] == "all" else str(r["class"])]
         + [_quality_cell(r[c], QUALITY_COLUMNS[c][1]) for c in cols]
         for r in quality.to_dict("records")
     ]
     return Table(
         "gan_quality",
         "GAN quality (in the feature space of a classifier trained on the real train tiles)",
-        ["class"] + [QUALITY_COLUMNS[c][0] for c in cols],
+        (["fold"] if by_fold else []) + ["class"] + [QUALITY_COLUMNS[c][0] for c in cols],
         rows,
         intro=(
             "Synthetic tiles against the real train tiles of the same class (n: the tiles compared, at most "
@@ -545,8 +586,10 @@ def summary_tables(
     n_seeds: int,
     versions: list[tuple[str, str]],
     min_support: int = 10,
+    per_fold: list[dict] | None = None,
 ) -> dict[str, Table]:
-    """Every table of the report, by id; acceptance only with selective synthesis on."""
+    """Every table of the report, by id; acceptance only with selective synthesis on, the
+    per-fold table only with several folds."""
     tables = {
         "in_words": verdict_sentences(verdicts, n_seeds),
         "verdicts": verdict_table(verdicts, n_seeds, min_support),
@@ -554,6 +597,8 @@ def summary_tables(
         "arms": arms_table(arm_table["arm"].unique()),
         "f1_by_arm": f1_table(arm_table, n_test),
     }
+    if per_fold and len({r.get("fold", 0) for r in per_fold}) > 1:
+        tables["folds"] = fold_table(per_fold)
     if quality is not None:
         tables["gan_quality"] = quality_table(quality)
     if selective_synthesis_on(acceptance):
@@ -563,7 +608,7 @@ def summary_tables(
 
 
 def summary_markdown(dataset: str, tables: dict[str, Table]) -> str:
-    order = ["in_words", "verdicts", "macro", "arms", "f1_by_arm", "gan_quality", "acceptance", "software"]
+    order = ["in_words", "verdicts", "macro", "arms", "f1_by_arm", "folds", "gan_quality", "acceptance", "software"]
     parts = [f"# bioaug summary: {dataset}"] + [tables[k].markdown() for k in order if k in tables]
     return "\n\n".join(parts) + "\n"
 
@@ -606,7 +651,7 @@ def write_html_pages(dataset: str, tables: dict[str, Table], outputs: dict) -> N
             ["in_words", "verdicts", "macro", "arms", "software"],
             "",
         ),
-        "f1_html": (f"bioaug, dataset {dataset}: test F1 per arm", ["f1_by_arm", "arms"], footer),
+        "f1_html": (f"bioaug, dataset {dataset}: test F1 per arm", ["f1_by_arm", "folds", "arms"], footer),
         "quality_html": (f"bioaug, dataset {dataset}: GAN quality", ["gan_quality", "acceptance"], footer),
     }
     for key, (title, ids, foot) in pages.items():
@@ -755,7 +800,7 @@ def plot_forest(verdicts: pd.DataFrame, path) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.32 * max(len(rows), 1) + 1.6))
     for y, r in enumerate(rows):
         label = f"{r['class']} (n={_count(r['n_test'])}) · {r['gan_arm']} vs {r['baseline_arm']}"
-        ax.text(-1.02, y, label, ha="right", va="center", fontsize=7, transform=ax.get_yaxis_transform())
+        ax.text(-0.01, y, label, ha="right", va="center", fontsize=7, transform=ax.get_yaxis_transform())
         if r["verdict"].startswith("too few"):
             ax.text(0, y, r["verdict"], ha="center", va="center", fontsize=7, color="#64748b")
             continue
@@ -822,30 +867,38 @@ def write_report(
     synthetic_npys,
     gan_log,
     outputs: dict,
-    quality_csv,
+    quality_csvs,
     acceptance_jsons,
     dataset: str,
     n_boot: int,
     min_support: int = 10,
     gan_loss: str | None = None,
+    train_counts: dict[str, int] | None = None,
 ) -> None:
+    """Every table and figure. items: fold 0's items.csv (the groups, and the real tiles of the
+    GAN figures); train_counts: real train items per class of one model (default fold 0's)."""
     names = class_names(items)
-    results = read_results(metric_jsons)
-    summary = summarise(results)
+    train_counts = train_counts or real_train_counts([items])
+    per_fold = read_results(metric_jsons)
     with atomic_path(outputs["summary"]) as tmp:
-        summary.to_csv(tmp, index=False)
+        summarise(per_fold).to_csv(tmp, index=False)
+    # every (arm, seed) scored on all its folds' test items at once (each item once)
+    results = pool_folds(per_fold, names)
+    summary = summarise(results)
     groups = test_groups(items, results)
     arm_table, verdicts = summarise_arms(results, names, n_boot=n_boot, groups=groups, min_support=min_support)
     n_test = support_per_class(results, names)
-    verdicts = ordered_verdicts(verdicts, names, real_train_counts(items, names))
+    verdicts = ordered_verdicts(verdicts, names, train_counts)
     with atomic_path(outputs["arm_summary"]) as tmp:
         arm_table.to_csv(tmp, index=False)
     with atomic_path(outputs["verdicts"]) as tmp:
         verdicts.to_csv(tmp, index=False)
-    quality = pd.read_csv(quality_csv) if quality_csv else None
+    quality = read_quality(quality_csvs)
     acceptance = read_acceptance(acceptance_jsons)
     n_seeds = int(arm_table["n_seeds"].min())
-    tables = summary_tables(verdicts, arm_table, quality, acceptance, n_test, n_seeds, software_versions(), min_support)
+    tables = summary_tables(
+        verdicts, arm_table, quality, acceptance, n_test, n_seeds, software_versions(), min_support, per_fold
+    )
     with atomic_path(outputs["markdown"]) as tmp:
         tmp.write_text(summary_markdown(dataset, tables))
     write_html_pages(dataset, tables, outputs)
