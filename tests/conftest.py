@@ -21,6 +21,41 @@ SHARED = REPO.parent / "shared"
 # Tests run on the CPU even where a GPU is present, so numbers compare across machines.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# The readers of tests/test_readers.py (a torch + napari virtualenv, Debian's ImageJ) take a
+# minute or two to install. Started in the background as soon as the session knows it runs
+# those tests, they install while the other tests run; the readers' fixtures wait for them.
+READERS_VENV = Path(os.environ.get("BIOAUG_READERS_VENV", REPO / ".venv-readers"))
+IMAGEJ_APT = "apt-get install -y -q imagej xvfb xauth || (apt-get update -q && apt-get install -y -q imagej xvfb xauth)"
+BACKGROUND: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+
+def imagej_missing() -> bool:
+    return shutil.which("imagej") is None or shutil.which("xvfb-run") is None
+
+
+def pytest_collection_finish(session):
+    if not any(Path(str(item.fspath)).name == "test_readers.py" for item in session.items):
+        return
+    logs = Path(tempfile.mkdtemp(prefix="bioaug-readers-"))
+    setup = ["bash", str(REPO / "tests" / "readers" / "setup_venv.sh"), str(READERS_VENV), sys.executable]
+    jobs = {"venv": (setup, {})}
+    if imagej_missing() and os.geteuid() == 0 and shutil.which("apt-get"):
+        jobs["imagej"] = (["bash", "-c", IMAGEJ_APT], {"DEBIAN_FRONTEND": "noninteractive"})
+    for name, (cmd, env) in jobs.items():
+        log = logs / f"{name}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        BACKGROUND[name] = (proc, log)
+
+
+def wait_for_background(name: str, timeout: float = 1500) -> str:
+    """Wait for a background install started at collection; its output ('' if none ran)."""
+    if name not in BACKGROUND:
+        return ""
+    proc, log = BACKGROUND[name]
+    proc.wait(timeout=timeout)
+    return log.read_text()
+
 
 def load_tiny_config() -> dict:
     return yaml.safe_load(TINY_CONFIG.read_text())

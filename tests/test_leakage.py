@@ -107,5 +107,5 @@ def test_no_model_of_a_fold_sees_that_folds_test_items(folds_run):
     per_class = verdicts[verdicts["class"] != "(macro)"]
     assert (per_class["n_test"] == per_class["class"].map(index["label"].value_counts())).all()
     summary = (res / "summary.md").read_text()
-    assert "## Macro F1 per fold (mean over seeds)" in summary
+    assert "## Macro F1 per fold (mean over seeds)" in summary and "across 2 folds and 1 seed" in summary
     assert pd.read_csv(res / "summary.csv")["fold"].tolist().count(1) == 3  # 3 arms x 1 seed in fold 1

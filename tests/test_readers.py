@@ -6,7 +6,8 @@ in tests/test_balance.py.
 
 The readers do not go into bioaug's environment: tests/readers/setup_venv.sh builds
 <repo>/.venv-readers once (torch 2.13 CPU, torchvision's datasets/folder.py, napari; about a
-minute) and later runs reuse it (BIOAUG_READERS_VENV moves it). ImageJ comes from Debian
+minute; conftest starts it at collection, in the background) and later runs reuse it
+(BIOAUG_READERS_VENV moves it). ImageJ comes from Debian
 (`apt-get install imagej xvfb`, installed here if missing, as root). A test skips, saying why,
 only when its reader could not be installed; otherwise what the reader saw is compared with
 the tiles.
@@ -21,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,12 +29,12 @@ import tifffile
 from test_balance import build_balanced_folder
 
 from bioaug.formats import balanced
-from conftest import REPO
+from conftest import IMAGEJ_APT, READERS_VENV, REPO, imagej_missing, wait_for_background
 
 pytestmark = pytest.mark.slow
 
 READERS = REPO / "tests" / "readers"
-VENV = Path(os.environ.get("BIOAUG_READERS_VENV", REPO / ".venv-readers"))
+VENV = READERS_VENV
 NAMES = {1: ["dapi"], 2: ["dapi", "gfp"], 3: None, 4: ["c0", "c1", "c2", "c3"]}  # 3: R, G, B
 SIZE = (36, 32)  # H != W; sides > 30, napari's least size for guessing RGB
 NETWORK_ERRORS = (
@@ -89,15 +89,16 @@ def readers_venv() -> dict:
     what is installed in it."""
     marker = VENV / ".bioaug-readers"
     t0 = time.perf_counter()
+    background = wait_for_background("venv")  # started at collection (conftest); then this is instant
     proc = run(["bash", READERS / "setup_venv.sh", VENV, sys.executable], timeout=1500)
     if proc.returncode != 0 or not marker.exists():
         log = (proc.stdout + proc.stderr)[-4000:]
         if any(e in log for e in NETWORK_ERRORS):
             pytest.skip(f"the reader environment (torch 2.13, torchvision) did not install, no registry?\n{log}")
         pytest.fail(f"tests/readers/setup_venv.sh failed ({proc.returncode}):\n{log}")
-    if time.perf_counter() - t0 > 5:
-        steps = [line for line in proc.stdout.splitlines() if not line.startswith("WARNING")]
-        print(f"\nreader environment built in {time.perf_counter() - t0:.0f} s: {'; '.join(steps)}")
+    steps = [line for line in (background + proc.stdout).splitlines() if line.endswith(" s")]
+    if steps:
+        print(f"\nreader environment: {'; '.join(steps)} (waited {time.perf_counter() - t0:.0f} s)")
     installed = marker.read_text()
     return {"python": VENV / "bin" / "python", "installed": installed, "napari": "\nnapari==" in installed}
 
@@ -227,18 +228,18 @@ def test_napari_opens_channels(napari_seen, case):
 @pytest.fixture(scope="module")
 def imagej_seen(folders, tmp_path_factory):
     """(format, channels) -> (the file, ImageJ's DIMS fields) from one headless ImageJ run."""
-    if shutil.which("imagej") is None or shutil.which("xvfb-run") is None:
+    t0 = time.perf_counter()
+    apt_log = wait_for_background("imagej")  # the apt-get started at collection (conftest), if any
+    if imagej_missing():
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
             pytest.skip("ImageJ is not installed and apt-get (as root) is not there to install it")
-        t0 = time.perf_counter()
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        apt = run(["apt-get", "install", "-y", "-q", "imagej", "xvfb", "xauth"], timeout=900, env=env)
-        if apt.returncode != 0:
-            run(["apt-get", "update", "-q"], timeout=600, env=env)
-            apt = run(["apt-get", "install", "-y", "-q", "imagej", "xvfb", "xauth"], timeout=900, env=env)
-        if apt.returncode != 0:
-            pytest.skip(f"apt-get could not install imagej and xvfb:\n{apt.stdout[-1500:]}\n{apt.stderr[-1500:]}")
-        print(f"\nimagej + xvfb installed in {time.perf_counter() - t0:.0f} s")
+        apt = run(["bash", "-c", IMAGEJ_APT], timeout=1200, env=env)
+        apt_log += apt.stdout + apt.stderr
+    if imagej_missing():
+        pytest.skip(f"apt-get could not install imagej and xvfb:\n{apt_log[-3000:]}")
+    if apt_log:
+        print(f"\nimagej + xvfb installed (waited {time.perf_counter() - t0:.0f} s here)")
     files = {case: folders[case][0] / folders[case][1]["path"].iloc[0] for case in IMAGEJ_CASES}
     listing = tmp_path_factory.mktemp("imagej") / "files.txt"
     listing.write_text("".join(f"{p}\n" for p in files.values()))

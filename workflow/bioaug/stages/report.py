@@ -394,11 +394,13 @@ def macro_table(verdicts: pd.DataFrame, n_seeds: int) -> Table:
     )
 
 
-def verdict_sentences(verdicts: pd.DataFrame, n_seeds: int) -> Table:
+def verdict_sentences(verdicts: pd.DataFrame, n_seeds: int, n_folds: int = 1) -> Table:
     """One plain sentence per class: the GAN arm with the strongest evidence, in words."""
     rows = []
     per_class = verdicts[(verdicts["class"] != MACRO)]
     seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    if n_folds > 1:
+        seeds = f"{n_folds} folds and {seeds}"
     for cls, sub in per_class.groupby("class", sort=False):
         sub = sub[sub.apply(lambda r: _has_baseline(r), axis=1)] if "baseline_arm" in sub else sub.iloc[:0]
         if not len(sub):
@@ -591,7 +593,7 @@ def summary_tables(
     """Every table of the report, by id; acceptance only with selective synthesis on, the
     per-fold table only with several folds."""
     tables = {
-        "in_words": verdict_sentences(verdicts, n_seeds),
+        "in_words": verdict_sentences(verdicts, n_seeds, len({r.get("fold", 0) for r in per_fold or [{}]})),
         "verdicts": verdict_table(verdicts, n_seeds, min_support),
         "macro": macro_table(verdicts, n_seeds),
         "arms": arms_table(arm_table["arm"].unique()),
@@ -708,14 +710,23 @@ def plot_recall_by_arm(summary: pd.DataFrame, path, n_test: dict | None = None) 
         )
         for _, r in sub.iterrows():  # the individual seeds, so nothing hides behind a mean
             ax.scatter(xs, [r[f"recall[{c}]"] for c in classes], s=8, color="k", zorder=3)
+    _finish_class_bars(
+        fig, ax, classes, n_test, path,
+        ylabel="test recall (share of the class's test tiles found)",
+        title="Per-class recall on the real test split (bars: mean ± sd over seeds; dots: seeds)",
+    )  # fmt: skip
+
+
+def _finish_class_bars(fig, ax, classes, n_test, path, *, ylabel: str, title: str) -> None:
+    """The axes, legend and title of a bar chart with one group of arm bars per class; saved."""
     ax.set_xticks(np.arange(len(classes)), _class_ticks(classes, n_test))
     ax.set_xlabel("class (n = test tiles)")
-    ax.set_ylabel("test recall (share of the class's test tiles found)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
     ax.legend(
         fontsize=8, title="arm (hatched: uses GAN tiles)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1)
     )
-    ax.set_title("Per-class recall on the real test split (bars: mean ± sd over seeds; dots: seeds)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     _save(fig, path)
 
 
@@ -778,15 +789,10 @@ def plot_f1_with_intervals(arm_table: pd.DataFrame, path, n_test: dict | None = 
         hatch = "//" if arm in ARMS and uses_gan(arm) else None
         ax.bar(xs, sub["f1"], width, yerr=err, capsize=2, hatch=hatch, label=arm)
         ax.scatter(xs, sub["f1"], marker="_", s=40, color="k", zorder=3)  # so an F1 of 0 shows too
-    ax.set_xticks(np.arange(len(classes)), _class_ticks(classes, n_test))
-    ax.set_xlabel("class (n = test tiles)")
-    ax.set_ylabel("test F1")
-    ax.set_ylim(0, 1.05)
-    ax.legend(
-        fontsize=8, title="arm (hatched: uses GAN tiles)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1)
-    )
-    ax.set_title("Per-class F1 by arm (mean over seeds, 95% bootstrap interval)", fontsize=10)
-    _save(fig, path)
+    _finish_class_bars(
+        fig, ax, classes, n_test, path,
+        ylabel="test F1", title="Per-class F1 by arm (mean over seeds, 95% bootstrap interval over test groups)",
+    )  # fmt: skip
 
 
 VERDICT_COLOURS = {"helps": "#15803d", "hurts": "#b91c1c", "no evidence": "#334155"}
