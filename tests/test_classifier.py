@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -88,7 +89,8 @@ def test_learns_and_selects_by_validation(trained, data):
     _, _, vx, vy = data
     h = trained.history
     assert [e["epoch"] for e in h] == [1, 2, 3, 4]
-    assert set(h[0]) == {"epoch", "train_loss", "val_macro_f1", "val_balanced_accuracy", "seconds"}
+    assert set(h[0]) == {"epoch", "steps", "train_loss", "val_macro_f1", "val_balanced_accuracy", "seconds"}
+    assert [e["steps"] for e in h] == [300 // 32] * 4  # one pass over the train tiles per epoch
     # selection: first argmax of val macro-F1 (ties -> earlier epoch)
     assert trained.best_epoch == int(np.argmax([e["val_macro_f1"] for e in h])) + 1
     best = h[trained.best_epoch - 1]
@@ -236,7 +238,8 @@ def step_calls(monkeypatch):
     calls, real_step = [], train_module._train_step
 
     def spy(graphdef, augment, params, rest, opt_state, loss_sum, step, lr, train_x, train_y, class_w, idx, key):
-        calls.append({"augment": augment, "class_w": np.asarray(class_w), "idx": np.asarray(idx), "step": int(step)})
+        calls.append({"augment": augment, "class_w": np.asarray(class_w), "idx": np.asarray(idx), "step": int(step),
+                      "hyper": np.asarray(lr)})  # fmt: skip
         return real_step(graphdef, augment, params, rest, opt_state, loss_sum, step, lr, train_x, train_y, class_w,
                          idx, key)  # fmt: skip
 
@@ -284,3 +287,70 @@ def test_class_weights_change_the_loss_and_augmentation_the_inputs():
         ratios = [np.median(b / np.maximum(c, 1e-6)) for c in candidates]
         errs = [np.abs(np.clip(c * r, 0, 1) - b).max() for c, r in zip(candidates, ratios)]
         assert min(errs) < 1e-4 and 0.89 < ratios[int(np.argmin(errs))] < 1.11
+
+
+# --------------------------------------------------------------- ResNet, recipe, step budget
+
+
+RESNET = {**CFG, "architecture": "resnet", "width": 8, "blocks": [1, 1, 1], "schedule": "cosine", "weight_decay": 5e-4}
+
+
+def test_resnet_shapes_any_channel_count():
+    from bioaug.classifier.model import ResNet
+
+    for c in (1, 3, 5):
+        model = ResNet(c, 4, 8, [2, 2, 2, 2], rngs=nnx.Rngs(0))
+        x = jnp.zeros((2, 32, 32, c))
+        assert model(x).shape == (2, 4) and model.features(x).shape == (2, 64)
+        assert model.channels == (8, 16, 32, 64)
+    # ResNet-18: 4 stages of 2 basic blocks, about 11 M parameters at width 64 (3 channels, 10 classes)
+    r18 = ResNet(3, 10, 64, [2, 2, 2, 2], rngs=nnx.Rngs(0))
+    n_params = sum(p.size for p in jax.tree.leaves(nnx.state(r18, nnx.Param)))
+    assert 11.0e6 < n_params < 11.3e6
+    with pytest.raises(ValueError, match="at least one stage"):
+        ResNet(3, 2, 8, [], rngs=nnx.Rngs(0))
+
+
+def test_resnet_learns_and_round_trips(data, tmp_path):
+    from bioaug.classifier import load_classifier
+
+    tx, ty, vx, vy = data
+    model = train_classifier(tx, ty, vx, vy, NAMES, RESNET, seed=0)
+    assert model.history[model.best_epoch - 1]["val_balanced_accuracy"] > 0.8
+    model.save(tmp_path / "m")
+    back = load_classifier(tmp_path / "m")
+    np.testing.assert_allclose(back.predict_proba(vx), model.predict_proba(vx), atol=1e-6)
+    assert back.features(vx[:3]).shape == (3, 32)
+
+
+def test_schedule_and_weight_decay_reach_every_step(data, step_calls):
+    """cosine: the rate falls from lr to near 0 over the run; constant: lr throughout; the
+    weight decay rides along with every step."""
+    tx, ty, vx, vy = data
+    train_classifier(tx, ty, vx, vy, NAMES, {**RESNET, "epochs": 2}, seed=0)
+    rates = [float(c["hyper"][0]) for c in step_calls]
+    assert rates[0] == pytest.approx(CFG["lr"]) and rates[-1] < 0.01 * CFG["lr"]
+    assert all(a >= b for a, b in zip(rates, rates[1:])) and len(rates) == 2 * (300 // 32)
+    assert [float(c["hyper"][1]) for c in step_calls] == pytest.approx([5e-4] * len(step_calls))
+    step_calls.clear()
+    train_classifier(tx, ty, vx, vy, NAMES, {**CFG, "epochs": 1}, seed=0)
+    assert [float(c["hyper"][0]) for c in step_calls] == pytest.approx([CFG["lr"]] * len(step_calls))
+    assert {float(c["hyper"][1]) for c in step_calls} == {0.0}
+
+
+def test_step_budget_is_the_same_for_a_larger_train_set(data, step_calls):
+    """total_steps: an arm with 3x the tiles trains for the same number of steps (in the same
+    number of validation rounds), not 3x as many."""
+    tx, ty, vx, vy = data
+    big_x, big_y = np.concatenate([tx] * 3), np.concatenate([ty] * 3)
+    budget = 3 * (300 // 32)
+    model = train_classifier(big_x, big_y, vx, vy, NAMES, {**CFG, "epochs": 3}, seed=0, total_steps=budget)
+    assert [e["steps"] for e in model.history] == [budget // 3] * 3 and len(step_calls) == budget
+    step_calls.clear()
+    model = train_classifier(big_x, big_y, vx, vy, NAMES, {**CFG, "epochs": 3}, seed=0)  # epochs: 3 passes
+    assert sum(e["steps"] for e in model.history) == 3 * (900 // 32) == len(step_calls)
+    step_calls.clear()  # more steps than one pass: the rounds draw fresh permutations
+    model = train_classifier(tx, ty, vx, vy, NAMES, {**CFG, "epochs": 2}, seed=0, total_steps=25)
+    assert [e["steps"] for e in model.history] == [13, 12]
+    first = np.concatenate([c["idx"].ravel() for c in step_calls[:1]])
+    assert np.bincount(first, minlength=300).max() <= 2  # each tile at most twice in 13 x 32 draws

@@ -8,6 +8,7 @@ import pytest
 
 import bioaug.classifier
 from bioaug.arms import ARMS
+from bioaug.config import defaults
 from bioaug.stages.classify import run_arm
 from helpers import write_shard
 
@@ -54,12 +55,14 @@ def test_classifier_trains_on_train_selects_on_val_and_scores_test_once(monkeypa
         return Spy()
 
     monkeypatch.setattr(bioaug.classifier, "train_classifier", fake_train)
-    result = run_arm(arm, 0, items, shards, {"epochs": 1})
+    result = run_arm(arm, 0, items, shards, {**defaults()["classifier"], "epochs": 1})
     ((train_vals, val_vals, options),) = calls["fit"]
     assert train_vals.tolist() == [SPLIT_VALUE["train"]] and val_vals.tolist() == [SPLIT_VALUE["val"]]
     # the selected model scores val (its scores pick the report's baseline), then test, once each
     assert [v.tolist() for v in calls["predict"]] == [[SPLIT_VALUE["val"]], [SPLIT_VALUE["test"]]]
-    assert result["n"] == 6 and options == {k: v for k, v in ARMS[arm].items() if k != "data"}
+    arm_options = {k: v for k, v in ARMS[arm].items() if k != "data"}
+    # the arm's options, and the step budget: one pass over the 12 real train tiles (batch 64 > 12: 1 step)
+    assert result["n"] == 6 and options == {**arm_options, "total_steps": 1}
 
 
 @pytest.mark.slow

@@ -209,7 +209,8 @@ def check_report_tables(
 
     # the F1 table: arm x class cells from arm_summary.csv, point estimates from the metric files
     headers, rows = md_table(md, MD_TITLES["f1_by_arm"])
-    assert headers == ["arm", *(f"{c} (n={n_test[c]})" for c in names), "macro F1", "seconds per model"]
+    per_model = ["macro F1", "steps per model", "seconds per model"]
+    assert headers == ["arm", *(f"{c} (n={n_test[c]})" for c in names), *per_model]
     assert sorted(r[0] for r in rows) == arms
     for row in rows:
         sub = arm_table[arm_table["arm"] == row[0]].set_index("class")
@@ -217,9 +218,11 @@ def check_report_tables(
             assert sub.loc[c, "f1"] == pytest.approx(expected_f1(results, row[0], c))
             assert cell == ci(sub.loc[c, "f1"], sub.loc[c, "f1_lo"], sub.loc[c, "f1_hi"])
         macro = sub.loc["(macro)"]
-        assert row[-2] == ci(macro["f1"], macro["f1_lo"], macro["f1_hi"])
+        assert row[-3] == ci(macro["f1"], macro["f1_lo"], macro["f1_hi"])
         secs = np.mean([r["seconds"] for r in results if r["arm"] == row[0]])
         assert row[-1] == f"{secs:.0f}"
+        steps = np.mean([r.get("train_steps", np.nan) for r in results if r["arm"] == row[0]])
+        assert row[-2] == ("" if np.isnan(steps) else str(int(steps)))
 
     # GAN quality: gan_quality.csv at the printed precision
     if quality is not None:
@@ -531,5 +534,7 @@ def test_html_report_shows_the_tables_inline(copy_of_run):
     for name in ("verdicts.csv", "arm_summary.csv", "summary.csv", "gan_quality.csv"):
         assert by_name[name]["mime_type"] == "text/csv", name
     verdict_rows = html_tables(base64.b64decode(by_name["verdicts.html"]["data_uri"].split(",", 1)[1]).decode())
-    assert len(verdict_rows["verdicts"][1]) == len(pd.read_csv(res / "verdicts.csv"))
+    csv = pd.read_csv(res / "verdicts.csv", dtype={"class": str})
+    assert len(verdict_rows["verdicts"][1]) == (csv["class"] != "(macro)").sum()
+    assert len(verdict_rows["macro"][1]) == (csv["class"] == "(macro)").sum() == 3
     assert "Start with the" in page  # the workflow description, with its pointer to the verdicts

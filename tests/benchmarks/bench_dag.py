@@ -4,10 +4,10 @@ Writes a local dataset of 10,000 tiny 64x64 uint16 TIFFs (--small: 500) with 2-3
 annotations each (4 classes) and a working folder whose config.yaml is
 tests/configs/tiny.yaml with that one dataset and tiles.shard_size 100. Then:
 
-  1. runs the pipeline for real up to the split (target results/<ds>/items.csv: download,
+  1. runs the pipeline for real up to the split (target results/<ds>/fold-0/items.csv: download,
      the index checkpoint, split), since the DAG after the checkpoint depends on its output;
   2. times `snakemake -n` of the whole workflow (3 repetitions, median; --small: 1),
-     interleaved with `snakemake -n results/<ds>/items.csv` (already built: nothing to do),
+     interleaved with `snakemake -n results/<ds>/fold-0/items.csv` (already built: nothing to do),
      which measures the fixed cost of starting Snakemake and parsing the workflow;
   3. parses the "Job stats" table: jobs per rule and in total (expect about
      n_images / shard_size tile jobs, not one per image).
@@ -108,8 +108,8 @@ def main(argv=None) -> dict:
         n_points = make_source(src, n_images)
         t_make = time.perf_counter() - t0
         write_config(work, src)
-        t_setup, _ = snakemake(work, f"results/{DATASET}/items.csv", timeout=timeout)
-        n_items = sum(1 for _ in open(work / "results" / DATASET / "items.csv")) - 1
+        t_setup, _ = snakemake(work, f"results/{DATASET}/fold-0/items.csv", timeout=timeout)
+        n_items = sum(1 for _ in open(work / "results" / DATASET / "fold-0" / "items.csv")) - 1
 
         dag_s, base_s, stats = [], [], {}
         for rep in range(reps):  # interleaved, alternating order
@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
                     dag_s.append(dt)
                     stats = job_stats(out)
                 else:
-                    dt, out = snakemake(work, "-n", f"results/{DATASET}/items.csv", timeout=timeout)
+                    dt, out = snakemake(work, "-n", f"results/{DATASET}/fold-0/items.csv", timeout=timeout)
                     base_s.append(dt)
                     if "Nothing to be done" not in out:
                         raise RuntimeError(f"items.csv is not up to date after the setup run:\n{out[-3000:]}")

@@ -174,9 +174,14 @@ def check_config(config: dict) -> None:
                 )
 
         for section in ("classifier", "feature_classifier"):
-            n_pool = len(dataset_section(config, ds, section)["channels"])
-            if size < 2**n_pool:
+            net = dataset_section(config, ds, section)
+            if net["architecture"] == "small_cnn" and size < 2 ** len(net["channels"]):
                 raise BioaugError(
-                    f"{key(section, 'channels')}: {n_pool} pooling blocks need tiles of at least "
-                    f"{2**n_pool} px, but tiles.size is {size}"
+                    f"{key(section, 'channels')}: {len(net['channels'])} pooling blocks need tiles of at least "
+                    f"{2 ** len(net['channels'])} px, but tiles.size is {size}"
+                )
+            if net["architecture"] == "resnet" and size < 2 ** (len(net["blocks"]) - 1):
+                raise BioaugError(
+                    f"{key(section, 'blocks')}: {len(net['blocks'])} stages halve the tile "
+                    f"{len(net['blocks']) - 1} times, too often for tiles.size {size}"
                 )

@@ -161,6 +161,7 @@ def pool_folds(results: list[dict], class_names: list[str]) -> list[dict]:
                 "n_folds": len(folds),
                 "seconds": float(np.mean([r["seconds"] for r in runs])),
                 "best_epoch": float(np.mean([r["best_epoch"] for r in runs])),
+                "train_steps": float(np.mean([r.get("train_steps", np.nan) for r in runs])),
                 "n_train_per_class": np.mean([r["n_train_per_class"] for r in runs], axis=0).tolist(),
                 "val_per_class_f1": {c: float(np.mean([r["val_per_class_f1"][c] for r in runs])) for c in class_names},
                 "val_macro_f1": float(np.mean([r["val_macro_f1"] for r in runs])),
@@ -252,7 +253,8 @@ def _arm_table(by_arm, boot, point, class_names, support, alpha) -> pd.DataFrame
     rows = []
     for a, runs in by_arm.items():
         secs = float(np.mean([r.get("seconds", np.nan) for r in runs]))
-        base = {"arm": a, "n_seeds": len(runs), "mean_seconds_per_model": secs}
+        steps = float(np.mean([r.get("train_steps", np.nan) for r in runs]))
+        base = {"arm": a, "n_seeds": len(runs), "mean_seconds_per_model": secs, "mean_steps_per_model": steps}
         for c, name in enumerate(class_names):
             row = {**base, "class": name, "n_test": support[name][0], "n_test_groups": support[name][1]}
             for m in METRICS:

@@ -1,5 +1,7 @@
-"""The downstream classifier: a small VGG-style CNN in Flax NNX.
+"""The downstream classifiers in Flax NNX: a small VGG-style CNN (the laptop default) and a
+ResNet (ResNet-18 and its narrower / shallower variants: the judge users deploy).
 
+SmallCNN:
 Each entry of ``channels`` is one block: conv3x3 -> BatchNorm -> ReLU -> conv3x3 ->
 BatchNorm -> ReLU -> 2x2 max-pool. The head is global average pooling -> dropout(0.2)
 -> Linear(n_classes). Inputs are NHWC float tiles in [0, 1]; the output is logits.
@@ -82,3 +84,72 @@ class SmallCNN(nnx.Module):
         for block in self.blocks:
             x = block(x)
         return jnp.mean(x, axis=(1, 2))
+
+
+class BasicBlock(nnx.Module):
+    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN plus the shortcut (a strided 1x1
+    conv + BN where the shape changes), then ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), strides=stride, padding="SAME", use_bias=False,
+                              rngs=rngs)  # fmt: skip
+        self.bn1 = nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs)
+        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        # zero-init the last BN scale: each block starts as the identity (Goyal et al. 2017)
+        self.bn2 = nnx.BatchNorm(out_channels, momentum=0.9, scale_init=nnx.initializers.zeros, rngs=rngs)
+        self.projects = stride != 1 or in_channels != out_channels
+        if self.projects:  # the shortcut changes shape: a strided 1x1 conv + BN
+            self.project = nnx.Conv(in_channels, out_channels, (1, 1), strides=stride, use_bias=False, rngs=rngs)
+            self.project_bn = nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        shortcut = self.project_bn(self.project(x)) if self.projects else x
+        return nnx.relu(y + shortcut)
+
+
+class ResNet(nnx.Module):
+    """ResNet for small tiles (ResNet-18 with ``blocks=(2, 2, 2, 2)``): a 3x3 stem (no
+    max-pool: 32-128 px tiles have few pixels to spare), stages of basic blocks of width
+    ``width * 2**i``, each after the first halving H and W, global average pooling,
+    dropout, a linear head. Any number of input channels.
+
+    The same interface as SmallCNN (``channels`` is the width of each stage, so
+    ``channels[-1]`` is the feature dimension).
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, width: int, blocks: list[int], *, rngs: nnx.Rngs):
+        if in_channels < 1 or n_classes < 1:
+            raise ValueError(f"ResNet needs in_channels >= 1 and n_classes >= 1, got {in_channels}, {n_classes}")
+        if width < 1 or not blocks or min(blocks) < 1:
+            raise ValueError(f"ResNet needs width >= 1 and at least one stage of >= 1 block, got {width}, {blocks}")
+        self.in_channels, self.n_classes = int(in_channels), int(n_classes)
+        self.width, self.blocks_per_stage = int(width), tuple(int(b) for b in blocks)
+        self.channels = tuple(self.width * 2**i for i in range(len(self.blocks_per_stage)))
+        self.stem = nnx.Conv(self.in_channels, self.width, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        self.stem_bn = nnx.BatchNorm(self.width, momentum=0.9, rngs=rngs)
+        layers, c_in = [], self.width
+        for i, (c_out, n) in enumerate(zip(self.channels, self.blocks_per_stage)):
+            for j in range(n):
+                layers.append(BasicBlock(c_in, c_out, 2 if (i > 0 and j == 0) else 1, rngs=rngs))
+                c_in = c_out
+        self.layers = nnx.List(layers)
+        self.dropout = nnx.Dropout(DROPOUT_RATE, rngs=rngs)
+        self.head = nnx.Linear(c_in, self.n_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
+        return self.head(self.dropout(self.features(x), rngs=dropout_key))
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """Penultimate-layer features (after global average pooling), shape (N, channels[-1])."""
+        x = nnx.relu(self.stem_bn(self.stem(x)))
+        for layer in self.layers:
+            x = layer(x)
+        return jnp.mean(x, axis=(1, 2))
+
+
+def min_tile_size(architecture: str, channels=(), blocks=()) -> int:
+    """The smallest tile side a network can take: SmallCNN pools once per block, ResNet
+    halves once per stage after the first."""
+    return 2 ** len(channels) if architecture == "small_cnn" else 2 ** max(len(blocks) - 1, 0)

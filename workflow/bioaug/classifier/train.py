@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 from sklearn.metrics import f1_score, recall_score
 
-from .model import SmallCNN
+from .model import ResNet, SmallCNN, min_tile_size
 
 _LOG = logging.getLogger("bioaug.classifier")
 
@@ -55,8 +55,8 @@ class TrainedClassifier:
     def n_classes(self) -> int:
         return len(self.class_names)
 
-    def to_module(self) -> SmallCNN:
-        """A stateful ``SmallCNN`` (eval mode) holding the selected weights."""
+    def to_module(self) -> SmallCNN | ResNet:
+        """The stateful network (eval mode) holding the selected weights."""
         return nnx.merge(self.graphdef, self.state)
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -103,6 +103,7 @@ class TrainedClassifier:
             meta = {
                 "in_channels": module.in_channels,
                 "n_classes": module.n_classes,
+                "architecture": list(network_key(module)),
                 "channels": list(module.channels),
                 "class_names": self.class_names,
                 "best_epoch": self.best_epoch,
@@ -117,7 +118,9 @@ def load_classifier(directory) -> TrainedClassifier:
     from pathlib import Path
 
     meta = json.loads((Path(directory) / "meta.json").read_text())
-    model = _init_model(meta["in_channels"], meta["n_classes"], tuple(meta["channels"]), jax.random.key(0))
+    arch = meta.get("architecture", ["small_cnn", meta["channels"]])  # folders written before ResNet
+    arch = (arch[0], *(tuple(a) if isinstance(a, list) else a for a in arch[1:]))
+    model = _init_model(meta["in_channels"], meta["n_classes"], arch, jax.random.key(0))
     model.eval()
     weights = nnx.state(model, (nnx.Param, nnx.BatchStat))
     with np.load(Path(directory) / "state.npz") as z:
@@ -141,11 +144,27 @@ def _features_batch(graphdef, state, x):
     return nnx.merge(graphdef, state, copy=True).features(x)
 
 
+def architecture(cfg: dict) -> tuple:
+    """The network a validated classifier section asks for, as a hashable key:
+    ("small_cnn", channels) or ("resnet", width, blocks)."""
+    if cfg.get("architecture", "small_cnn") == "resnet":
+        return ("resnet", int(cfg["width"]), tuple(int(b) for b in cfg["blocks"]))
+    return ("small_cnn", tuple(int(c) for c in cfg["channels"]))
+
+
+def network_key(module) -> tuple:
+    if isinstance(module, ResNet):
+        return ("resnet", module.width, module.blocks_per_stage)
+    return ("small_cnn", module.channels)
+
+
 @functools.partial(nnx.jit, static_argnums=(0, 1, 2))
-def _init_model(in_channels: int, n_classes: int, channels: tuple[int, ...], key: jax.Array) -> SmallCNN:
+def _init_model(in_channels: int, n_classes: int, arch: tuple, key: jax.Array) -> SmallCNN | ResNet:
     # Initialising under jit compiles once (and hits the persistent compilation cache);
     # eager init dispatches and compiles every initialiser op separately (seconds on CPU).
-    return SmallCNN(in_channels, n_classes, list(channels), rngs=nnx.Rngs(key))
+    if arch[0] == "resnet":
+        return ResNet(in_channels, n_classes, arch[1], list(arch[2]), rngs=nnx.Rngs(key))
+    return SmallCNN(in_channels, n_classes, list(arch[1]), rngs=nnx.Rngs(key))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -193,6 +212,9 @@ def _augment(key: jax.Array, x: jax.Array) -> jax.Array:
 def _train_step(graphdef, augment, params, rest, opt_state, loss_sum, step, lr, train_x, train_y, class_w, idx, key):
     """One Adam step on minibatch ``idx[step]``; returns the new state and ``loss_sum + loss``.
 
+    ``lr`` is (learning rate, weight decay) of this step: traced, so a schedule does not
+    recompile. Weight decay is decoupled (AdamW) and applies to kernels, not BN or biases.
+
     Everything stays on device: the epoch's index matrix is uploaded once and indexed
     here with the traced ``step``, the step's key is ``fold_in(key, step)``, and the loss
     is accumulated on device so the host syncs once per epoch. (A whole-epoch
@@ -218,7 +240,8 @@ def _train_step(graphdef, augment, params, rest, opt_state, loss_sum, step, lr, 
         x = _augment(k_aug, x)
     (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, x, y, k_drop)
     updates, opt_state = _ADAM.update(grads, opt_state, params)
-    params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+    rate, decay = lr[0], lr[1]
+    params = jax.tree.map(lambda p, u: p - rate * (u + decay * p if p.ndim > 1 else u), params, updates)
     return params, rest, opt_state, loss_sum + loss
 
 
@@ -290,22 +313,27 @@ def train_classifier(
     augment: bool = False,
     class_weighted: bool = False,
     balanced_sampling: bool = False,
+    total_steps: int | None = None,
     log: logging.Logger | None = None,
 ) -> TrainedClassifier:
-    """Train ``SmallCNN`` on the train split, select the epoch by validation macro-F1.
+    """Train the network of ``cfg`` on the train split, select the epoch by validation macro-F1.
 
     Args:
       train_x, val_x: float tiles (N, H, W, C) in [0, 1].
       train_y, val_y: integer labels in [0, len(class_names)).
       class_names: class index -> name.
       cfg: the validated ``classifier`` (or ``feature_classifier``) section: epochs,
-        batch_size, lr, channels (other keys ignored).
+        batch_size, lr, architecture (small_cnn: channels; resnet: width, blocks),
+        schedule (constant | cosine), weight_decay (other keys ignored).
       seed: drives init, dropout, augmentation and sampling.
       augment: random flips / 90-degree rotations / +-10% intensity jitter, on device.
       class_weighted: per-class loss weights inversely proportional to train frequency,
         normalised to mean 1 over the training samples.
       balanced_sampling: each epoch draws len(train) indices with class-uniform
         probability (with replacement), oversampling rare classes.
+      total_steps: optimiser steps in all (a budget shared by arms with different numbers of
+        tiles); the ``epochs`` rounds then split them evenly, each ending with a validation.
+        None: ``epochs`` passes over the train tiles.
       log: logger for one line per epoch (default ``bioaug.classifier``).
     """
     log = log or _LOG
@@ -316,7 +344,7 @@ def train_classifier(
     if len(set(class_names)) != n_classes:
         raise ValueError(f"class_names has duplicates: {class_names}")
     epochs, batch_size, lr = cfg["epochs"], cfg["batch_size"], cfg["lr"]
-    channels = list(cfg["channels"])
+    arch = architecture(cfg)
     train_x, train_y = _check_split("train", train_x, train_y, n_classes)
     val_x, val_y = _check_split("val", val_x, val_y, n_classes)
     if train_x.shape[1:] != val_x.shape[1:]:
@@ -324,9 +352,9 @@ def train_classifier(
             f"train tiles are {train_x.shape[1:]} but val tiles are {val_x.shape[1:]} (H, W, C must match)"
         )
     n_train, h, w, c = train_x.shape
-    min_side = 2 ** len(channels)
+    min_side = min_tile_size(arch[0], cfg.get("channels", ()), cfg.get("blocks", ()))
     if min(h, w) < min_side:
-        raise ValueError(f"tiles of {h}x{w} are too small for {len(channels)} pooling blocks (need >= {min_side})")
+        raise ValueError(f"tiles of {h}x{w} are too small for the {arch[0]} network {arch[1:]} (need >= {min_side})")
 
     # --- randomness: everything from `seed`
     root = jax.random.key(seed)
@@ -334,7 +362,7 @@ def train_classifier(
     np_rng = np.random.default_rng(seed)
 
     # --- model and its functional state (train- and eval-mode graphdefs, one state)
-    model = _init_model(c, n_classes, tuple(channels), k_init)
+    model = _init_model(c, n_classes, arch, k_init)
     model.eval()
     gd_eval, _, _ = nnx.split(model, nnx.Param, ...)
     model.train()
@@ -347,28 +375,38 @@ def train_classifier(
 
     bs = min(batch_size, n_train)  # a train set smaller than one batch trains on one full-set batch
     n_steps = n_train // bs  # partial last batch dropped (always leaves >= 1 batch)
+    total = int(total_steps) if total_steps else epochs * n_steps
+    round_steps = [total // epochs + (r < total % epochs) for r in range(epochs)]  # steps before each validation
+    if min(round_steps) < 1:
+        raise ValueError(f"total_steps {total} is fewer than the {epochs} epochs (validation rounds)")
+    # the learning rate of every step (cosine: from lr to 0 over the run), and the weight decay
+    rates = np.full(total, lr, np.float32)
+    if cfg.get("schedule", "constant") == "cosine":
+        rates = (lr * 0.5 * (1 + np.cos(np.pi * np.arange(total) / total))).astype(np.float32)
+    hyper_d = jnp.asarray(np.stack([rates, np.full(total, cfg.get("weight_decay", 0.0), np.float32)], axis=1))
 
     # --- arrays live on device for the whole run
     train_x_d = jnp.asarray(train_x)
     train_y_d = jnp.asarray(train_y)
     class_w_d = jnp.asarray(class_w, jnp.float32)
     val_x_d = jnp.asarray(val_x)
-    lr_d = jnp.asarray(lr, jnp.float32)
-    steps_d = [jnp.asarray(i, jnp.int32) for i in range(n_steps)]  # uploaded once
+    steps_d = [jnp.asarray(i, jnp.int32) for i in range(max(round_steps))]  # uploaded once
 
     log.info(
-        "training SmallCNN%s on %d tiles %dx%dx%d (%d classes), val %d; %d epochs x %d steps of %d; "
+        "training %s%s on %d tiles %dx%dx%d (%d classes), val %d; %d steps of %d in %d rounds (%.1f passes); "
         "augment=%s class_weighted=%s balanced_sampling=%s seed=%d",
-        channels,
+        arch[0],
+        list(arch[1:]),
         n_train,
         h,
         w,
         c,
         n_classes,
         len(val_x),
-        epochs,
-        n_steps,
+        total,
         bs,
+        epochs,
+        total * bs / n_train,
         augment,
         class_weighted,
         balanced_sampling,
@@ -379,16 +417,20 @@ def train_classifier(
     best_f1 = -math.inf
     best_epoch = 0
     best_states = (params, rest)
+    done = 0
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
+        steps = round_steps[epoch - 1]
+        need = steps * bs
         if sample_p is not None:
-            order = np_rng.choice(n_train, size=n_train, replace=True, p=sample_p)
-        else:
-            order = np_rng.permutation(n_train)
-        idx = jnp.asarray(order[: n_steps * bs].reshape(n_steps, bs).astype(np.int32))
+            order = np_rng.choice(n_train, size=max(n_train, need), replace=True, p=sample_p)
+        else:  # passes over the train tiles, each a fresh permutation
+            order = np.concatenate([np_rng.permutation(n_train) for _ in range(-(-need // n_train))])
+        idx = jnp.asarray(order[:need].reshape(steps, bs).astype(np.int32))
         ekey = jax.random.fold_in(k_train, epoch)
         loss_sum = jnp.zeros((), jnp.float32)
-        for step in range(n_steps):
+        hyper_round = hyper_d[done : done + steps]
+        for step in range(steps):
             params, rest, opt_state, loss_sum = _train_step(
                 gd_train,
                 bool(augment),
@@ -397,7 +439,7 @@ def train_classifier(
                 opt_state,
                 loss_sum,
                 steps_d[step],
-                lr_d,
+                hyper_round[step],
                 train_x_d,
                 train_y_d,
                 class_w_d,
@@ -406,11 +448,13 @@ def train_classifier(
             )
         val_pred = np.asarray(jnp.argmax(_predict(gd_eval, (params, rest), val_x_d, 512), axis=-1))
         val_f1, val_bal = _val_scores(val_y, val_pred)
-        train_loss = float(loss_sum) / n_steps
+        train_loss = float(loss_sum) / steps
+        done += steps
         seconds = time.perf_counter() - t0
         history.append(
             {
                 "epoch": epoch,
+                "steps": steps,
                 "train_loss": train_loss,
                 "val_macro_f1": val_f1,
                 "val_balanced_accuracy": val_bal,

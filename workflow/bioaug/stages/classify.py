@@ -19,7 +19,7 @@ from ..arms import ARMS, training_options
 from ..formats import synthetic
 from ..formats.classify_results import write_result
 from ..formats.items import class_names, read_items
-from ..formats.shards import load_tiles
+from ..formats.shards import load_tiles, select_tiles
 from ..runtime import BioaugError
 
 log = logging.getLogger("bioaug.classify")
@@ -53,6 +53,15 @@ def arm_training_data(arm: str, items: pd.DataFrame, shard_npys, synthetic_npys=
     return x, y
 
 
+def step_budget(items: pd.DataFrame, shard_npys, cfg: dict) -> int | None:
+    """classifier.budget = steps: the optimiser steps of `epochs` passes over the real train
+    tiles, the same for every arm (None: each arm makes `epochs` passes over its own tiles)."""
+    if cfg["budget"] != "steps":
+        return None
+    _, y, _ = select_tiles(shard_npys, items, splits=("train",))
+    return cfg["epochs"] * max(1, len(y) // min(cfg["batch_size"], len(y)))
+
+
 def run_arm(arm: str, seed: int, items: pd.DataFrame, shard_npys, cfg: dict, synthetic_npys=()) -> dict:
     """Train one model, select its epoch on val, score it once on test; returns the metrics."""
     from ..classifier import train_classifier
@@ -70,7 +79,10 @@ def run_arm(arm: str, seed: int, items: pd.DataFrame, shard_npys, cfg: dict, syn
         np.bincount(train_y, minlength=len(names)).tolist(),
         len(val_y),
     )
-    model = train_classifier(train_x, train_y, val_x, val_y, names, cfg, seed, **training_options(arm))
+    total_steps = step_budget(items, shard_npys, cfg)
+    model = train_classifier(
+        train_x, train_y, val_x, val_y, names, cfg, seed, total_steps=total_steps, **training_options(arm)
+    )
     train_seconds = time.time() - t0
     # validation scores of the selected model: the report picks each class's baseline arm on them
     val_f1 = f1_score(val_y, model.predict_proba(val_x).argmax(1), labels=range(len(names)), average=None,
@@ -87,6 +99,8 @@ def run_arm(arm: str, seed: int, items: pd.DataFrame, shard_npys, cfg: dict, syn
         **metrics,
         "n_train_per_class": np.bincount(train_y, minlength=len(names)).tolist(),
         "best_epoch": model.best_epoch,
+        "train_steps": int(sum(h["steps"] for h in model.history)),
+        "budget": cfg["budget"],
         "history": model.history,
         "seconds": round(time.time() - t0, 2),
         "train_seconds": round(train_seconds, 2),

@@ -448,19 +448,23 @@ def arms_table(arms) -> Table:
 
 def f1_table(arm_table: pd.DataFrame, n_test: dict) -> Table:
     classes = [c for c in dict.fromkeys(arm_table["class"]) if c != "(macro)"]
-    headers = ["arm"] + [f"{c} (n={n_test[c]})" for c in classes] + ["macro F1", "seconds per model"]
+    headers = ["arm"] + [f"{c} (n={n_test[c]})" for c in classes] + ["macro F1", "steps per model", "seconds per model"]
     rows = []
     for arm in arm_order(arm_table["arm"].unique()):
         sub = arm_table[arm_table["arm"] == arm].set_index("class")
         cells = [_ci(sub.loc[c, "f1"], sub.loc[c, "f1_lo"], sub.loc[c, "f1_hi"]) for c in classes]
         macro = _ci(sub.loc["(macro)", "f1"], sub.loc["(macro)", "f1_lo"], sub.loc["(macro)", "f1_hi"])
-        rows.append([arm, *cells, macro, f"{sub['mean_seconds_per_model'].iloc[0]:.0f}"])
+        steps = sub["mean_steps_per_model"].iloc[0] if "mean_steps_per_model" in sub else np.nan
+        rows.append([arm, *cells, macro, _count(steps), f"{sub['mean_seconds_per_model'].iloc[0]:.0f}"])
     return Table(
         "f1_by_arm",
         "Test F1 per arm and class (mean over seeds [95% CI]), and compute time",
         headers,
         rows,
-        intro="n = test tiles of the class. Macro F1: the mean over classes, every class counting the same.",
+        intro=(
+            "n = test tiles of the class. Macro F1: the mean over classes, every class counting the same. Steps: "
+            "optimiser steps per model (classifier.budget: steps gives every arm the same number)."
+        ),
     )
 
 
