@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 READERS_VENV = Path(os.environ.get("BIOAUG_READERS_VENV", REPO / ".venv-readers"))
 IMAGEJ_APT = "apt-get install -y -q imagej xvfb xauth || (apt-get update -q && apt-get install -y -q imagej xvfb xauth)"
 BACKGROUND: dict[str, tuple[subprocess.Popen, Path]] = {}
+READER_TESTS = ("test_readers.py", "test_byo_classifier.py")  # the tests that use the reader venv
 
 
 def imagej_missing() -> bool:
@@ -34,7 +36,7 @@ def imagej_missing() -> bool:
 
 
 def pytest_collection_finish(session):
-    if not any(Path(str(item.fspath)).name == "test_readers.py" for item in session.items):
+    if not any(Path(str(item.fspath)).name in READER_TESTS for item in session.items):
         return
     logs = Path(tempfile.mkdtemp(prefix="bioaug-readers-"))
     setup = ["bash", str(REPO / "tests" / "readers" / "setup_venv.sh"), str(READERS_VENV), sys.executable]
@@ -46,6 +48,18 @@ def pytest_collection_finish(session):
         with open(log, "w") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
         BACKGROUND[name] = (proc, log)
+
+
+NETWORK_ERRORS = (
+    "No matching distribution",
+    "Could not find a version",
+    "NewConnectionError",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "Max retries exceeded",
+    "ConnectionError",
+    "ReadTimeoutError",
+)
 
 
 def wait_for_background(name: str, timeout: float = 1500) -> str:
@@ -162,3 +176,24 @@ def copy_of_run(tiny_run, tmp_path) -> Path:
     dest = tmp_path / "run"
     shutil.copytree(tiny_run, dest, symlinks=True)
     return dest
+
+
+@pytest.fixture(scope="session")
+def readers_venv() -> dict:
+    """The reader virtualenv (built by tests/readers/setup_venv.sh if absent): python path and
+    what is installed in it."""
+    marker = READERS_VENV / ".bioaug-readers"
+    t0 = time.perf_counter()
+    background = wait_for_background("venv")  # started at collection (conftest); then this is instant
+    setup = ["bash", str(REPO / "tests" / "readers" / "setup_venv.sh"), str(READERS_VENV), sys.executable]
+    proc = subprocess.run(setup, capture_output=True, text=True, timeout=1500)
+    if proc.returncode != 0 or not marker.exists():
+        log = (proc.stdout + proc.stderr)[-4000:]
+        if any(e in log for e in NETWORK_ERRORS):
+            pytest.skip(f"the reader environment (torch 2.13, torchvision) did not install, no registry?\n{log}")
+        pytest.fail(f"tests/readers/setup_venv.sh failed ({proc.returncode}):\n{log}")
+    steps = [line for line in (background + proc.stdout).splitlines() if line.endswith(" s")]
+    if steps:
+        print(f"\nreader environment: {'; '.join(steps)} (waited {time.perf_counter() - t0:.0f} s)")
+    installed = marker.read_text()
+    return {"python": READERS_VENV / "bin" / "python", "installed": installed, "napari": "\nnapari==" in installed}

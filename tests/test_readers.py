@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -37,16 +36,6 @@ READERS = REPO / "tests" / "readers"
 VENV = READERS_VENV
 NAMES = {1: ["dapi"], 2: ["dapi", "gfp"], 3: None, 4: ["c0", "c1", "c2", "c3"]}  # 3: R, G, B
 SIZE = (36, 32)  # H != W; sides > 30, napari's least size for guessing RGB
-NETWORK_ERRORS = (
-    "No matching distribution",
-    "Could not find a version",
-    "NewConnectionError",
-    "Temporary failure in name resolution",
-    "Network is unreachable",
-    "Max retries exceeded",
-    "ConnectionError",
-    "ReadTimeoutError",
-)
 TORCH_CASES = [("tiff", 1), ("tiff", 2), ("tiff", 3), ("png", 2), ("tiff", 4), ("tiff16", 2), ("tiff_float", 3)]
 TORCH_CASES += [("png", 1), ("png", 3), ("png16", 1), ("png16", 3)]
 IMAGEJ_CASES = [(f, c) for f in ("tiff", "tiff16", "tiff_float") for c in (1, 2, 3, 4)] + [
@@ -83,26 +72,6 @@ def stored(fmt: str, tile: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the reader venv
-@pytest.fixture(scope="session")
-def readers_venv() -> dict:
-    """The reader virtualenv (built by tests/readers/setup_venv.sh if absent): python path and
-    what is installed in it."""
-    marker = VENV / ".bioaug-readers"
-    t0 = time.perf_counter()
-    background = wait_for_background("venv")  # started at collection (conftest); then this is instant
-    proc = run(["bash", READERS / "setup_venv.sh", VENV, sys.executable], timeout=1500)
-    if proc.returncode != 0 or not marker.exists():
-        log = (proc.stdout + proc.stderr)[-4000:]
-        if any(e in log for e in NETWORK_ERRORS):
-            pytest.skip(f"the reader environment (torch 2.13, torchvision) did not install, no registry?\n{log}")
-        pytest.fail(f"tests/readers/setup_venv.sh failed ({proc.returncode}):\n{log}")
-    steps = [line for line in (background + proc.stdout).splitlines() if line.endswith(" s")]
-    if steps:
-        print(f"\nreader environment: {'; '.join(steps)} (waited {time.perf_counter() - t0:.0f} s)")
-    installed = marker.read_text()
-    return {"python": VENV / "bin" / "python", "installed": installed, "napari": "\nnapari==" in installed}
-
-
 def venv_run(venv: dict, *args, timeout=300) -> subprocess.CompletedProcess:
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONNOUSERSITE": "1"}
     env.pop("PYTHONPATH", None)  # the reader environment sees no bioaug

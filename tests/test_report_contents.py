@@ -436,8 +436,8 @@ def test_figures_have_labelled_axes_and_150_dpi(tmp_path, figures):
     confusion, losses, recall, f1, forest = figures
     for ax in confusion.axes[:3]:
         assert ax.get_xlabel() == "predicted class" and ax.get_ylabel().startswith("true class")
-        # row labels carry the test tiles of each class (summed over the 2 seeds)
-        assert [t.get_text() for t in ax.get_yticklabels()] == [f"{c} (n={2 * n_test[c]})" for c in names]
+        # row labels carry the test tiles of each class, and the 2 seeds that each scored them
+        assert [t.get_text() for t in ax.get_yticklabels()] == [f"{c} (n={n_test[c]} × 2 seeds)" for c in names]
     assert [ax.get_ylabel() for ax in losses.axes] == ["hinge loss", "D output (mean logit)"]
     assert all(ax.get_xlabel() == "GAN training step" for ax in losses.axes)
     for fig, ylabel in ((recall, "test recall"), (f1, "test F1")):
@@ -538,3 +538,19 @@ def test_html_report_shows_the_tables_inline(copy_of_run):
     assert len(verdict_rows["verdicts"][1]) == (csv["class"] != "(macro)").sum()
     assert len(verdict_rows["macro"][1]) == (csv["class"] == "(macro)").sum() == 3
     assert "Start with the" in page  # the workflow description, with its pointer to the verdicts
+
+
+def test_a_baseline_at_ceiling_and_zero_printed_plainly(tmp_path):
+    """A perfect baseline cannot be beaten, and the table says so; differences that round to
+    zero print as 0.00 / +0.00, never -0.00."""
+    names = ["a", "b"]
+    results = fake_results(np.random.default_rng(5), names, ["real", "real+gan"], [0])
+    real = next(r for r in results if r["arm"] == "real")
+    real["y_pred"] = list(real["y_true"])  # the baseline is perfect
+    real.update(classification_metrics(real["y_true"], real["y_pred"], None, names))
+    md, *_ = build_report(tmp_path, results, names, None, None)
+    headers, rows = md_table(md, "Does the GAN help? (per class")
+    notes = [r[headers.index("note")] for r in rows]
+    assert all(n.startswith("the baseline is at F1 = 1") for n in notes)
+    assert "-0.00" not in md
+    assert report._ci(-0.001, -0.004, 0.2, sign=True) == "+0.00 [+0.00, +0.20]"

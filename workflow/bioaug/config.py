@@ -173,6 +173,15 @@ def check_config(config: dict) -> None:
                     f"that tiles.channels keeps"
                 )
 
+        command = dataset_section(config, ds, "classifier")["command"]
+        if command is not None:
+            from .classifier.external import check_command
+
+            try:
+                check_command(command)
+            except BioaugError as err:
+                raise BioaugError(str(err).replace("classifier.command", key("classifier", "command"), 1)) from None
+
         for section in ("classifier", "feature_classifier"):
             net = dataset_section(config, ds, section)
             if net["architecture"] == "small_cnn" and size < 2 ** len(net["channels"]):

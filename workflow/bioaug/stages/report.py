@@ -137,18 +137,21 @@ def real_train_counts(fold_items: list[pd.DataFrame]) -> dict[str, int]:
     return {c: int(round(np.mean([n.get(c, 0) for n in counts]))) for c in names}
 
 
-def ordered_verdicts(verdicts: pd.DataFrame, names: list[str], n_train: dict) -> pd.DataFrame:
+def ordered_verdicts(
+    verdicts: pd.DataFrame, names: list[str], n_train: dict, n_added: dict | None = None
+) -> pd.DataFrame:
     """The verdicts grouped by class (in class order, the macro rows last), GAN arms in arms.py
-    order, with the class's real train tile count."""
+    order, with the class's real train tile count and the GAN tiles that balancing added to it."""
     if not len(verdicts):
         return verdicts.assign(n_real_train=pd.Series(dtype=int))
     rank = {a: i for i, a in enumerate(arm_order(verdicts["gan_arm"].unique()))}
     out = verdicts.assign(
         n_real_train=verdicts["class"].map(n_train).astype("Int64"),
+        n_gan_added=verdicts["class"].map(n_added or {}).astype("Int64"),
         _c=verdicts["class"].map({c: i for i, c in enumerate([*names, MACRO])}),
         _a=verdicts["gan_arm"].map(rank),
     )
-    first = ["class", "n_test", "n_test_groups", "n_real_train"]
+    first = ["class", "n_test", "n_test_groups", "n_real_train", "n_gan_added"]
     cols = [c for c in first if c in out] + [c for c in verdicts.columns if c not in first]
     return out.sort_values(["_c", "_a"], kind="stable")[cols].reset_index(drop=True)
 
@@ -207,7 +210,11 @@ def _fmt(x, digits=2):
 
 def _ci(point, lo, hi, digits=2, sign=False):
     f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
-    return f"{f.format(point)} [{f.format(lo)}, {f.format(hi)}]"
+
+    def num(v):  # a value that rounds to zero prints as 0.00, not -0.00
+        return f.format(0.0 if round(v, digits) == 0 else v)
+
+    return f"{num(point)} [{num(lo)}, {num(hi)}]"
 
 
 @dataclass
@@ -282,6 +289,10 @@ def _verdict_rows(verdicts: pd.DataFrame) -> tuple[list[list[str]], list[str]]:
             note = ""
             if r["verdict"].startswith("too few"):
                 note = "fewer than report.min_support test items: an interval this wide means nothing"
+            elif r["baseline_f1"] >= 0.995:
+                note = "the baseline is at F1 = 1: no arm can do better here, so 'helps' is impossible"
+            elif r.get("n_gan_added") == 0 and r["gan_arm"] != "gan_only":
+                note = "no GAN tiles added to this class (it met the target): any change comes from the other classes"
             elif r["gan_f1"] == 0 and r["baseline_f1"] == 0:
                 note = "F1 = 0 in both arms: neither recognises this class"
             elif r["baseline_f1"] == 0:
@@ -463,7 +474,9 @@ def f1_table(arm_table: pd.DataFrame, n_test: dict) -> Table:
         rows,
         intro=(
             "n = test tiles of the class. Macro F1: the mean over classes, every class counting the same. Steps: "
-            "optimiser steps per model (classifier.budget: steps gives every arm the same number)."
+            "optimiser steps per model (classifier.budget: steps gives every arm the same number); seconds: the "
+            "classifier's training and scoring, not the GAN's. An interval of [1.00, 1.00] means every resample "
+            "was right, not certainty: with n test tiles all right, the true F1 may still be about 1 - 3/n."
         ),
     )
 
@@ -533,7 +546,8 @@ def quality_table(quality: pd.DataFrame) -> Table:
             "indistinguishable, lower is better; no unit). Precision, density: are synthetic tiles realistic; "
             "recall, coverage: do they cover the real variety (precision, recall, coverage from 0 to 1, higher is "
             "better; density about 1 for a realistic set). Near-copies: share of synthetic tiles closer to a train "
-            "tile than 99% of the real test tiles are (high values mean the GAN copies its training images)."
+            "tile than 99% of the real test tiles are (by construction about 1% for new real images; well above that, "
+            "the GAN copies its training images)."
         ),
         notes=[
             "FID and KID are computed in bioaug's own feature space (the classifier above), not in the Inception "
@@ -851,7 +865,12 @@ def plot_confusions(results: list[dict], class_names_: list[str], path) -> None:
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
         ax.set_xticks(range(len(class_names_)), class_names_, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(
-            range(len(class_names_)), [f"{c} (n={int(n)})" for c, n in zip(class_names_, cm.sum(1))], fontsize=7
+            range(len(class_names_)),
+            [
+                f"{c} (n={int(n) // max(n_seeds, 1)} × {n_seeds} seeds)" if n_seeds > 1 else f"{c} (n={int(n)})"
+                for c, n in zip(class_names_, cm.sum(1))
+            ],
+            fontsize=7,  # fmt: skip
         )
         ax.set_xlabel("predicted class", fontsize=8)
         ax.set_ylabel("true class", fontsize=8)
@@ -860,7 +879,7 @@ def plot_confusions(results: list[dict], class_names_: list[str], path) -> None:
         ax.axis("off")
     fig.suptitle(
         "Test confusion per arm: share of each true class (row) predicted as each class; rows sum to 1\n"
-        "n = test tiles of the class × seeds"
+        "n = test tiles of the class (each scored once per seed)"
     )
     fig.tight_layout()
     _save(fig, path)
@@ -898,13 +917,14 @@ def write_report(
     groups = test_groups(items, results)
     arm_table, verdicts = summarise_arms(results, names, n_boot=n_boot, groups=groups, min_support=min_support)
     n_test = support_per_class(results, names)
-    verdicts = ordered_verdicts(verdicts, names, train_counts)
+    acceptance = read_acceptance(acceptance_jsons)
+    added = dict(zip(acceptance["label"], acceptance["needed_for_balance"])) if "label" in acceptance else {}
+    verdicts = ordered_verdicts(verdicts, names, train_counts, added)
     with atomic_path(outputs["arm_summary"]) as tmp:
         arm_table.to_csv(tmp, index=False)
     with atomic_path(outputs["verdicts"]) as tmp:
         verdicts.to_csv(tmp, index=False)
     quality = read_quality(quality_csvs)
-    acceptance = read_acceptance(acceptance_jsons)
     n_seeds = int(arm_table["n_seeds"].min())
     tables = summary_tables(
         verdicts, arm_table, quality, acceptance, n_test, n_seeds, software_versions(), min_support, per_fold
