@@ -481,6 +481,8 @@ def test_real_vs_synthetic_reads_the_synthetic_npy_files(tmp_path, monkeypatch):
     np.testing.assert_array_equal(rows[1], syn["a"][: report.GRID_PER_ROW])  # the first tiles, all rows
     np.testing.assert_array_equal(rows[4], syn["c"])
     assert "magenta: channel 0, green: channel 1" in title
+    report.plot_real_vs_synthetic(items, [], [tmp_path / "a.npy"], out, channel_names=["dna", "actin"])
+    assert "magenta: dna, green: actin" in grids[-1][2]  # balance.channel_names name the colours
     assert png_dpi(out) == pytest.approx(150, abs=0.5)
 
 

@@ -109,5 +109,6 @@ rule report:
     params:
         report=section("report"),
         gan=section_keys("gan", "loss"),
+        balance=section_keys("balance", "channel_names"),
     script:
         "../scripts/report.py"

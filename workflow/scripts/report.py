@@ -16,4 +16,5 @@ with stage(snakemake):
         dataset=snakemake.wildcards.dataset,
         cfg=snakemake.params.report,
         gan_loss=snakemake.params.gan["loss"],
+        channel_names=snakemake.params.balance["channel_names"],
     )

@@ -41,10 +41,19 @@ ARM_DESCRIPTIONS = {
 }
 # How bioaug.viz.to_rgb shows 1, 2 and 3+ channels (stored intensities 0-1, not rescaled per tile).
 CHANNEL_KEY = {
-    1: "grey: the one channel",
-    2: "magenta: channel 0, green: channel 1 (white: both)",
-    3: "red, green, blue: channels 0, 1, 2",
+    1: "grey: {0}",
+    2: "magenta: {0}, green: {1} (white: both)",
+    3: "red, green, blue: {0}, {1}, {2}",
 }
+
+
+def channel_key(n_channels: int, names=None) -> str:
+    """How the tile grids colour the channels, with the channels' names (balance.channel_names)."""
+    k = min(n_channels, 3)
+    names = list(names) if names and len(names) == n_channels else [f"channel {i}" for i in range(n_channels)]
+    return CHANNEL_KEY[k].format(*names[:k])
+
+
 GAN_LOSS_NAMES = {"hinge": "hinge loss", "nonsaturating": "non-saturating loss"}
 # The software whose version the report records (bioaug itself and what computed the numbers).
 SOFTWARE = ("bioaug", "jax", "jaxlib", "flax", "optax", "snakemake")
@@ -63,6 +72,7 @@ def run(
     dataset: str,
     cfg: dict,
     gan_loss: str | None = None,
+    channel_names=None,
 ) -> None:
     """The report stage: every table and figure of one dataset, from the stages' files.
     items_csvs and quality_csvs: one per fold, fold 0 first (its GAN makes the GAN figures)."""
@@ -81,6 +91,7 @@ def run(
         n_boot=cfg["bootstrap"],
         min_support=cfg["min_support"],
         gan_loss=gan_loss,
+        channel_names=channel_names,
     )
 
 
@@ -768,7 +779,9 @@ def plot_gan_losses(gan_log: pd.DataFrame, path, loss: str | None = None) -> Non
     _save(fig, path)
 
 
-def plot_real_vs_synthetic(items: pd.DataFrame, shard_npys, synthetic_npys, path, seed: int = 0) -> None:
+def plot_real_vs_synthetic(
+    items: pd.DataFrame, shard_npys, synthetic_npys, path, seed: int = 0, channel_names=None
+) -> None:
     """Two rows per class: real train tiles (a random pick), then the first synthetic tiles of
     the class (all generated tiles, the balancing ones first; a class may have none)."""
     from ..viz import save_class_grid
@@ -787,7 +800,7 @@ def plot_real_vs_synthetic(items: pd.DataFrame, shard_npys, synthetic_npys, path
         if len(syn):
             names.append(f"{cls}: synthetic")
             rows.append(x_syn[syn])
-    title = "Real (train) vs synthetic (GAN) tiles per class\n" + CHANNEL_KEY.get(min(x_real.shape[-1], 3))
+    title = "Real (train) vs synthetic (GAN) tiles per class\n" + channel_key(x_real.shape[-1], channel_names)
     with atomic_path(path) as tmp:
         save_class_grid(tmp, names, rows, title=title)
 
@@ -903,6 +916,7 @@ def write_report(
     min_support: int = 10,
     gan_loss: str | None = None,
     train_counts: dict[str, int] | None = None,
+    channel_names=None,
 ) -> None:
     """Every table and figure. items: fold 0's items.csv (the groups, and the real tiles of the
     GAN figures); train_counts: real train items per class of one model (default fold 0's)."""
@@ -943,4 +957,4 @@ def write_report(
     plot_forest(verdicts, outputs["forest"])
     plot_confusions(results, names, outputs["confusion"])
     plot_gan_losses(pd.read_csv(gan_log), outputs["losses"], gan_loss)
-    plot_real_vs_synthetic(items, shard_npys, synthetic_npys, outputs["grid"])
+    plot_real_vs_synthetic(items, shard_npys, synthetic_npys, outputs["grid"], channel_names=channel_names)
