@@ -724,8 +724,9 @@ def plot_recall_by_arm(summary: pd.DataFrame, path, n_test: dict | None = None) 
     fig, ax = plt.subplots(figsize=(1.6 * len(classes) + 2, 3.8))
     for i, arm in enumerate(arms):
         sub = summary[summary["arm"] == arm]
-        means = [sub[f"recall[{c}]"].mean() for c in classes]
-        errs = [sub[f"recall[{c}]"].std(ddof=0) for c in classes]
+        means = np.array([sub[f"recall[{c}]"].mean() for c in classes])
+        sds = np.array([sub[f"recall[{c}]"].std(ddof=0) for c in classes])
+        errs = np.vstack([np.minimum(sds, means), np.minimum(sds, 1 - means)])  # a recall stays in [0, 1]
         xs = np.arange(len(classes)) + (i - (len(arms) - 1) / 2) * width
         hatch = "//" if arm in ARMS and uses_gan(arm) else None
         ax.bar(
