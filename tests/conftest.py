@@ -160,11 +160,11 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def folds_run(tmp_path_factory) -> Path:
-    """The tiny config with 2-fold cross-validation and 3 arms, 1 seed: the per-fold tests."""
+    """The tiny config with 2-fold cross-validation, 2 arms and 1 seed: the per-fold tests."""
     workdir = tmp_path_factory.mktemp("folds_run")
     config = load_tiny_config()
     config["split"]["folds"] = 2
-    config["classifier"].update(arms=["real", "oversample", "real+gan"], seeds=[0])
+    config["classifier"].update(arms=["real", "real+gan"], seeds=[0])
     write_config(workdir, config)
     run_snakemake(workdir)
     return workdir

@@ -100,7 +100,7 @@ def test_no_model_of_a_fold_sees_that_folds_test_items(folds_run):
         seen = pd.read_csv(res / f"fold-{fold}" / "feature_classifier" / "tiles.csv", dtype={"item_id": str})
         assert set(items.loc[seen["item_id"], "split"]) == {"train", "val"}
         train_counts = items[items["split"] == "train"]["label"].value_counts().sort_index().tolist()
-        for arm in ("real", "oversample", "real+gan"):
+        for arm in ("real", "real+gan"):
             r = json.loads((res / f"fold-{fold}" / "classify" / arm / "seed-0.json").read_text())
             assert r["fold"] == fold and set(r["test_item_ids"]) == test
             want = train_counts if arm != "real+gan" else [max(train_counts)] * len(train_counts)
@@ -111,4 +111,4 @@ def test_no_model_of_a_fold_sees_that_folds_test_items(folds_run):
     assert (per_class["n_test"] == per_class["class"].map(index["label"].value_counts())).all()
     summary = (res / "summary.md").read_text()
     assert "## Macro F1 per fold (mean over seeds)" in summary and "across 2 folds and 1 seed" in summary
-    assert pd.read_csv(res / "summary.csv")["fold"].tolist().count(1) == 3  # 3 arms x 1 seed in fold 1
+    assert pd.read_csv(res / "summary.csv")["fold"].tolist().count(1) == 2  # 2 arms x 1 seed in fold 1
