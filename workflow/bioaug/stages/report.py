@@ -867,35 +867,35 @@ def plot_confusions(results: list[dict], class_names_: list[str], path) -> None:
     """Row-normalised test confusion matrix per arm, summed over seeds."""
     plt = _plt()
     arms = arm_order({r["arm"] for r in results})
-    cols = min(4, len(arms))
+    cols = min(2, len(arms))  # two panels a row: legible where the report shows the figure
     rows = int(np.ceil(len(arms) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False)
     for ax, arm in zip(axes.flat, arms):
         cm = sum(np.asarray(r["confusion_matrix"], float) for r in results if r["arm"] == arm)
         n_seeds = sum(r["arm"] == arm for r in results)
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
         for (i, j), v in np.ndenumerate(norm):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
-        ax.set_xticks(range(len(class_names_)), class_names_, rotation=45, ha="right", fontsize=7)
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9, color="white" if v > 0.5 else "black")
+        ax.set_xticks(range(len(class_names_)), class_names_, rotation=45, ha="right", fontsize=9)
         ax.set_yticks(
             range(len(class_names_)),
             [
                 f"{c} (n={int(n) // max(n_seeds, 1)} × {n_seeds} seeds)" if n_seeds > 1 else f"{c} (n={int(n)})"
                 for c, n in zip(class_names_, cm.sum(1))
             ],
-            fontsize=7,  # fmt: skip
+            fontsize=9,  # fmt: skip
         )
-        ax.set_xlabel("predicted class", fontsize=8)
-        ax.set_ylabel("true class", fontsize=8)
-        ax.set_title(f"{arm} ({n_seeds} seed{'s' if n_seeds != 1 else ''})", fontsize=9)
+        ax.set_xlabel("predicted class", fontsize=10)
+        ax.set_ylabel("true class", fontsize=10)
+        ax.set_title(f"{arm} ({n_seeds} seed{'s' if n_seeds != 1 else ''})", fontsize=11)
     for ax in list(axes.flat)[len(arms) :]:
         ax.axis("off")
     fig.suptitle(
         "Test confusion per arm: share of each true class (row) predicted as each class; rows sum to 1\n"
         "n = test tiles of the class (each scored once per seed)"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # room for the two-line title
     _save(fig, path)
 
 
