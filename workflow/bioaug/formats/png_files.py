@@ -40,11 +40,11 @@ def write(path: str | Path, data: np.ndarray, text: dict[str, str], pixel_size_u
 def read(path: str | Path) -> tuple[np.ndarray, dict[str, str], int]:
     """A PNG as (H, W, C) uint8 or uint16 (palette images expanded), its tEXt entries and bit depth."""
     try:
-        reader = png.Reader(filename=str(path))
-        w, h, rows, info = reader.asDirect()
+        blob = Path(path).read_bytes()  # read once: pixels and text chunks both come from it
+        w, h, rows, info = png.Reader(bytes=blob).asDirect()
         arr = np.vstack([np.asarray(r, np.uint16 if info["bitdepth"] > 8 else np.uint8) for r in rows])
         text = {}
-        for tag, data in png.Reader(filename=str(path)).chunks():
+        for tag, data in png.Reader(bytes=blob).chunks():
             if tag == b"tEXt":
                 key, _, value = data.partition(b"\0")
                 text[key.decode("latin-1")] = value.decode("latin-1")
