@@ -519,6 +519,30 @@ def test_tiny_run_report_says_what_its_metric_files_say(tiny_run):
     assert planned_jobs(tiny_run, "--forcerun", "balance") == {"balance": 1, "all": 1}
 
 
+def test_tiny_run_report_says_where_the_time_went(tiny_run):
+    """Every job wrote a Snakemake benchmark file; the report sums them per rule."""
+    bench = tiny_run / "benchmarks" / "tiny"
+    classify = sorted((bench / "fold-0").glob("classify-*.tsv"))
+    assert len(classify) == 7  # tiny.yaml: 7 arms x 1 seed
+    n_shards = len(list((tiny_run / "results" / "tiny" / "tiles").glob("shard-*.npy")))
+    assert len(list(bench.glob("tile-*.tsv"))) == n_shards
+    for name in ("download", "index", "balance", "report"):
+        assert (bench / f"{name}.tsv").is_file(), name
+    headers, rows = md_table((tiny_run / "results" / "tiny" / "summary.md").read_text(), "Where the time went")
+    by_rule = {r[0]: dict(zip(headers, r)) for r in rows}
+    expected_jobs = {"classify": 7, "generate": 4, "tile": n_shards, "train_gan": 1, "split": 1, "download": 1}
+    for rule, n in expected_jobs.items():
+        assert by_rule[rule]["jobs"] == str(n), rule
+    walls = {rule: sum(pd.read_csv(f, sep="\t")["s"].iloc[-1] for f in bench.glob(pattern)) for rule, pattern in
+             {"classify": "fold-0/classify-*.tsv", "train_gan": "fold-0/train_gan.tsv"}.items()}  # fmt: skip
+    for rule, wall in walls.items():
+        assert float(by_rule[rule]["job seconds"]) == pytest.approx(wall, abs=0.51), rule
+    assert "report" not in by_rule and "balance" not in by_rule
+    assert sum(float(r["share"].rstrip("%")) for r in by_rule.values()) == pytest.approx(100, abs=len(rows))
+    assert "f1_by_arm" in (tiny_run / "results" / "tiny" / "report" / "f1_by_arm.html").read_text()
+    assert "Where the time went" in (tiny_run / "results" / "tiny" / "report" / "f1_by_arm.html").read_text()
+
+
 @pytest.mark.slow
 def test_html_report_shows_the_tables_inline(copy_of_run):
     """In `snakemake --report`, the tables are HTML results (shown in a frame, like a figure),

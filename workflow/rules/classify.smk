@@ -8,6 +8,8 @@ rule classify:
         "results/{dataset}/fold-{fold}/classify/{arm}/seed-{seed}.json",
     log:
         "logs/{dataset}/fold-{fold}/classify-{arm}-{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/fold-{fold}/classify-{arm}-{seed}.tsv"
     group:
         "classify"
     conda:
@@ -31,6 +33,8 @@ rule feature_classifier:
         directory("results/{dataset}/fold-{fold}/feature_classifier"),
     log:
         "logs/{dataset}/fold-{fold}/feature_classifier.log",
+    benchmark:
+        "benchmarks/{dataset}/fold-{fold}/feature_classifier.tsv"
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("feature_classifier")

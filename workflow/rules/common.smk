@@ -196,6 +196,35 @@ def fold_files(name):
     return files
 
 
+def upstream_benchmarks(wildcards):
+    """The benchmark file of every job the report waits for, by rule (bench_<rule>): the
+    report's "where the time went" table. balance and report itself are not upstream."""
+    ds = wildcards.dataset
+    cfg = dataset_section(config, ds, "classifier")
+    folds = range(n_folds(ds))
+    bench = f"benchmarks/{ds}"
+    shards = [p.split("/")[-1] for p in shard_prefixes(wildcards)]
+    per_fold = ("split", "train_gan", "feature_classifier", "gan_quality")
+    files = {
+        "bench_download": [f"{bench}/download.tsv"],
+        "bench_index": [f"{bench}/index.tsv"],
+        "bench_tile": [f"{bench}/tile-{s.removeprefix('shard-')}.tsv" for s in shards],
+        **{
+            f"bench_{r}": [f"{bench}/fold-{f}/{r}.tsv" for f in folds] for r in per_fold
+        },
+        "bench_generate": [
+            f"{bench}/fold-{f}/generate-{c}.tsv" for f in folds for c in class_slugs(ds)
+        ],
+        "bench_classify": [
+            f"{bench}/fold-{f}/classify-{arm}-{seed}.tsv"
+            for f in folds
+            for arm in cfg["arms"]
+            for seed in cfg["seeds"]
+        ],
+    }
+    return files
+
+
 def all_outputs():
     return [
         out

@@ -6,6 +6,8 @@ rule download:
         directory("resources/datasets/{dataset}"),
     log:
         "logs/{dataset}/download.log",
+    benchmark:
+        "benchmarks/{dataset}/download.tsv"
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("download")
@@ -32,6 +34,8 @@ checkpoint index:
         rejected="results/{dataset}/rejected.csv",
     log:
         "logs/{dataset}/index.log",
+    benchmark:
+        "benchmarks/{dataset}/index.tsv"
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("index")
@@ -54,6 +58,8 @@ rule split:
         "results/{dataset}/fold-{fold}/items.csv",
     log:
         "logs/{dataset}/fold-{fold}/split.log",
+    benchmark:
+        "benchmarks/{dataset}/fold-{fold}/split.tsv"
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("split")
@@ -75,6 +81,8 @@ rule tile:
         norm="results/{dataset}/tiles/shard-{shard}.norm.csv",
     log:
         "logs/{dataset}/tile-{shard}.log",
+    benchmark:
+        "benchmarks/{dataset}/tile-{shard}.tsv"
     group:
         "tiles"
     conda:

@@ -22,6 +22,8 @@ rule train_gan:
         ),
     log:
         "logs/{dataset}/fold-{fold}/train_gan.log",
+    benchmark:
+        "benchmarks/{dataset}/fold-{fold}/train_gan.tsv"
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("train_gan")
@@ -45,6 +47,8 @@ rule generate:
         acceptance="results/{dataset}/fold-{fold}/synthetic/{cls}.json",
     log:
         "logs/{dataset}/fold-{fold}/generate-{cls}.log",
+    benchmark:
+        "benchmarks/{dataset}/fold-{fold}/generate-{cls}.tsv"
     group:
         "generate"
     conda:
@@ -72,6 +76,8 @@ rule balance:
         directory("results/{dataset}/balanced"),
     log:
         "logs/{dataset}/balance.log",
+    benchmark:
+        "benchmarks/{dataset}/balance.tsv"
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("balance")
@@ -116,6 +122,8 @@ rule gan_quality:
         ),
     log:
         "logs/{dataset}/fold-{fold}/gan_quality.log",
+    benchmark:
+        "benchmarks/{dataset}/fold-{fold}/gan_quality.tsv"
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("gan_quality")

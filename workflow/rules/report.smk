@@ -3,6 +3,7 @@
 
 rule report:
     input:
+        unpack(upstream_benchmarks),
         metrics=classify_jsons,
         items_csvs=fold_files("items.csv"),
         shards=shard_npys,
@@ -101,6 +102,8 @@ rule report:
         ),
     log:
         "logs/{dataset}/report.log",
+    benchmark:
+        "benchmarks/{dataset}/report.tsv"
     conda:
         "../../envs/bioaug.yaml"
     threads: rule_threads("report")

@@ -17,4 +17,5 @@ with stage(snakemake):
         cfg=snakemake.params.report,
         gan_loss=snakemake.params.gan["loss"],
         channel_names=snakemake.params.balance["channel_names"],
+        benchmarks={k.removeprefix("bench_"): list(v) for k, v in snakemake.input.items() if k.startswith("bench_")},
     )

@@ -22,6 +22,7 @@ from ..formats.classify_results import read_results
 from ..formats.items import class_names, read_items
 from ..formats.shards import load_tiles
 from ..formats.synthetic import read_acceptance, read_synthetic
+from ..run_times import models_per_hour, rule_times
 from ..runtime import BioaugError, atomic_path
 from ..verdicts import MACRO, pool_folds, summarise_arms
 
@@ -73,9 +74,11 @@ def run(
     cfg: dict,
     gan_loss: str | None = None,
     channel_names=None,
+    benchmarks: dict[str, list] | None = None,
 ) -> None:
     """The report stage: every table and figure of one dataset, from the stages' files.
-    items_csvs and quality_csvs: one per fold, fold 0 first (its GAN makes the GAN figures)."""
+    items_csvs and quality_csvs: one per fold, fold 0 first (its GAN makes the GAN figures);
+    benchmarks: the Snakemake benchmark files of the jobs upstream, by rule."""
     fold_items = [read_items(p) for p in items_csvs]
     write_report(
         metric_jsons=metric_jsons,
@@ -92,6 +95,7 @@ def run(
         min_support=cfg["min_support"],
         gan_loss=gan_loss,
         channel_names=channel_names,
+        times=rule_times(benchmarks) if benchmarks else None,
     )
 
 
@@ -608,6 +612,41 @@ def software_table(versions: list[tuple[str, str]]) -> Table:
     )
 
 
+def times_table(times: pd.DataFrame) -> Table:
+    """Where the time went: job seconds per rule, from Snakemake's benchmark files."""
+    rows = [
+        [
+            r.rule,
+            str(int(r.jobs)),
+            f"{r.wall_s:.0f}",
+            f"{r.share:.0%}",
+            f"{r.mean_s:.1f}",
+            f"{r.max_s:.1f}",
+            f"{r.cpu_s:.0f}",
+            f"{r.max_rss_mb:.0f}",
+        ]
+        for r in times.itertuples()
+    ]
+    notes = []
+    per_hour = models_per_hour(times)
+    if per_hour is not None:
+        notes.append(f"Classifier models (arm x seed x fold) per hour of job time: {per_hour:.0f}.")
+    notes.append(
+        "Job time is summed over jobs: jobs that ran side by side overlap, so the total exceeds "
+        "the run's wall time; CPU seconds above wall seconds mean several cores. The balance and "
+        "report jobs are not included (they run after this table is made). Every job's file is "
+        "under benchmarks/<dataset>/."
+    )
+    return Table(
+        "run_times",
+        "Where the time went",
+        ["rule", "jobs", "job seconds", "share", "mean s", "max s", "CPU seconds", "peak memory (MB)"],
+        rows,
+        intro="Wall seconds per rule of the jobs behind this report, from Snakemake's benchmark files.",
+        notes=notes,
+    )
+
+
 def summary_tables(
     verdicts: pd.DataFrame,
     arm_table: pd.DataFrame,
@@ -618,6 +657,7 @@ def summary_tables(
     versions: list[tuple[str, str]],
     min_support: int = 10,
     per_fold: list[dict] | None = None,
+    times: pd.DataFrame | None = None,
 ) -> dict[str, Table]:
     """Every table of the report, by id; acceptance only with selective synthesis on, the
     per-fold table only with several folds."""
@@ -634,12 +674,25 @@ def summary_tables(
         tables["gan_quality"] = quality_table(quality)
     if selective_synthesis_on(acceptance):
         tables["acceptance"] = acceptance_table(acceptance)
+    if times is not None and len(times):
+        tables["run_times"] = times_table(times)
     tables["software"] = software_table(versions)
     return tables
 
 
 def summary_markdown(dataset: str, tables: dict[str, Table]) -> str:
-    order = ["in_words", "verdicts", "macro", "arms", "f1_by_arm", "folds", "gan_quality", "acceptance", "software"]
+    order = [
+        "in_words",
+        "verdicts",
+        "macro",
+        "arms",
+        "f1_by_arm",
+        "folds",
+        "gan_quality",
+        "acceptance",
+        "run_times",
+        "software",
+    ]
     parts = [f"# bioaug summary: {dataset}"] + [tables[k].markdown() for k in order if k in tables]
     return "\n\n".join(parts) + "\n"
 
@@ -682,7 +735,7 @@ def write_html_pages(dataset: str, tables: dict[str, Table], outputs: dict) -> N
             ["in_words", "verdicts", "macro", "arms", "software"],
             "",
         ),
-        "f1_html": (f"bioaug, dataset {dataset}: test F1 per arm", ["f1_by_arm", "folds", "arms"], footer),
+        "f1_html": (f"bioaug, dataset {dataset}: test F1 per arm", ["f1_by_arm", "folds", "arms", "run_times"], footer),
         "quality_html": (f"bioaug, dataset {dataset}: GAN quality", ["gan_quality", "acceptance"], footer),
     }
     for key, (title, ids, foot) in pages.items():
@@ -918,6 +971,7 @@ def write_report(
     gan_loss: str | None = None,
     train_counts: dict[str, int] | None = None,
     channel_names=None,
+    times: pd.DataFrame | None = None,
 ) -> None:
     """Every table and figure. items: fold 0's items.csv (the groups, and the real tiles of the
     GAN figures); train_counts: real train items per class of one model (default fold 0's)."""
@@ -942,7 +996,7 @@ def write_report(
     quality = read_quality(quality_csvs)
     n_seeds = int(arm_table["n_seeds"].min())
     tables = summary_tables(
-        verdicts, arm_table, quality, acceptance, n_test, n_seeds, software_versions(), min_support, per_fold
+        verdicts, arm_table, quality, acceptance, n_test, n_seeds, software_versions(), min_support, per_fold, times
     )
     with atomic_path(outputs["markdown"]) as tmp:
         tmp.write_text(summary_markdown(dataset, tables))
