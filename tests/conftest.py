@@ -35,19 +35,33 @@ def imagej_missing() -> bool:
     return shutil.which("imagej") is None or shutil.which("xvfb-run") is None
 
 
+APT_LOCK = Path(tempfile.gettempdir()) / "bioaug-apt.lock"  # apt-get runs one at a time (flock)
+
+
 def pytest_collection_finish(session):
+    # A test module with start_early() (test_slurm.py: the cluster) starts its slow set-up now.
+    for module in {item.module for item in session.items if hasattr(item, "module")}:
+        if hasattr(module, "start_early"):
+            module.start_early()
     if not any(Path(str(item.fspath)).name in READER_TESTS for item in session.items):
         return
     logs = Path(tempfile.mkdtemp(prefix="bioaug-readers-"))
     setup = ["bash", str(REPO / "tests" / "readers" / "setup_venv.sh"), str(READERS_VENV), sys.executable]
     jobs = {"venv": (setup, {})}
     if imagej_missing() and os.geteuid() == 0 and shutil.which("apt-get"):
-        jobs["imagej"] = (["bash", "-c", IMAGEJ_APT], {"DEBIAN_FRONTEND": "noninteractive"})
+        lock = ["flock", str(APT_LOCK)] if shutil.which("flock") else []
+        jobs["imagej"] = ([*lock, "bash", "-c", IMAGEJ_APT], {"DEBIAN_FRONTEND": "noninteractive"})
     for name, (cmd, env) in jobs.items():
         log = logs / f"{name}.log"
         with open(log, "w") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
         BACKGROUND[name] = (proc, log)
+
+
+def pytest_sessionfinish(session):
+    for module in {item.module for item in session.items if hasattr(item, "module")}:
+        if hasattr(module, "finish_early"):
+            module.finish_early()
 
 
 NETWORK_ERRORS = (

@@ -70,7 +70,8 @@ def test_dataset_overrides_stay_sparse():
     validate_config(config)
     assert config["datasets"]["d"]["tiles"] == {"size": 16}
     tiles = dataset_section(config, "d", "tiles")
-    assert tiles["size"] == 16 and tiles["percentiles"] == [2, 98] and tiles["shard_size"] == 48
+    assert tiles["size"] == 16 and tiles["percentiles"] == [2, 98] and tiles["shard_size"] is None
+    assert tiles["shard_megapixels"] == 256
 
 
 @pytest.mark.parametrize(

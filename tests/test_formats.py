@@ -27,7 +27,7 @@ def field(h=48, w=64, c=None, dtype=np.uint16):
 
 
 def tile_all(root, items, cfg=TILES):
-    out = [tile_images(root, items, imgs, cfg) for imgs in shard_images(items, cfg["shard_size"])]
+    out = [tile_images(root, items, imgs, cfg) for imgs in shard_images(items, cfg)]
     return np.concatenate([o[0] for o in out]), pd.concat([o[1] for o in out], ignore_index=True)
 
 
@@ -49,6 +49,7 @@ def test_points_csv_with_group_column(tmp_path):
     pd.DataFrame(rows, columns=["image", "label", "x", "y", "group"]).to_csv(tmp_path / "p.csv", index=False)
     items, rejected = index_dataset(tmp_path, {"format": "points", "annotations": "p.csv"}, TILES)
     assert len(items) == 36 and rejected.empty and set(items["group"]) == {f"well{i}" for i in range(6)}
+    assert (items["image_pixels"] == 48 * 64).all()  # what sizes the tiling jobs (formats/shards.py)
     out = split_ok(items)
     assert out.groupby("group")["split"].nunique().max() == 1  # two images of one well stay together
     x, meta = tile_all(tmp_path, items)
@@ -127,6 +128,7 @@ def test_npz_medmnist_layout_and_its_split(tmp_path):
     np.savez(tmp_path / "pathmnist.npz", **arrays)
     items, rejected = index_dataset(tmp_path, {"format": "npz", "annotations": "pathmnist.npz"}, TILES)
     assert len(items) == 48 and rejected.empty and set(items["label"]) == {"0", "1", "2"}
+    assert (items["image_pixels"] == 28 * 28).all()
     kept = assign_splits(items, FRACTIONS, seed=0, use_source_split=True)
     assert kept["split"].value_counts().to_dict() == {"train": 30, "val": 9, "test": 9}
     split_ok(items)  # or our own grouped split

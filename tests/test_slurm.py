@@ -25,6 +25,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,7 +36,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, SNAKEFILE, load_tiny_config, planned_jobs, write_config
+from conftest import APT_LOCK, REPO, SNAKEFILE, load_tiny_config, planned_jobs, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -48,32 +50,112 @@ GROUPED = {"tile": "tiles", "generate": "generate", "classify": "classify"}  # r
 
 
 # ----------------------------------------------------------------------------- the cluster
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """A running one-node cluster: {'account', 'partition', 'cpus'}; stopped at the end."""
+def why_no_cluster() -> str | None:
+    """Why this machine cannot run the test cluster (a skip reason), or None."""
     if not sys.platform.startswith("linux"):
-        pytest.skip("the test cluster needs Linux")
+        return "the test cluster needs Linux"
     if os.geteuid() != 0:
-        pytest.skip("bringing up SLURM (apt-get install, starting munged/slurmctld/... by hand) needs root")
+        return "bringing up SLURM (apt-get install, starting munged/slurmctld/... by hand) needs root"
     if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and there is no apt-get to install it (Debian/Ubuntu only)")
+        return "SLURM is not installed and there is no apt-get to install it (Debian/Ubuntu only)"
+    return None
+
+
+@dataclass
+class ClusterStart:
+    """What bringing the cluster up gave: a skip reason, a failure, or the cluster."""
+
+    skip: str | None = None
+    failure: str | None = None
+    cluster: dict | None = None
+    seconds: float = 0.0
+    pipeline: tuple | None = None  # the tiny pipeline through SLURM, started (start_snakemake)
+    workdir: Path | None = None
+
+
+def bring_up_cluster(then_start_pipeline: bool = False) -> ClusterStart:
+    """Install the SLURM plugin if missing, start the cluster (tests/cluster/slurm.sh up, which
+    waits for apt's lock: tests/conftest.py installs ImageJ with apt meanwhile), and optionally
+    start the tiny pipeline through it."""
+    reason = why_no_cluster()
+    if reason:
+        return ClusterStart(skip=reason)
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:  # an optional extra
         pip = [sys.executable, "-m", "pip", "install", "-q", "-r", str(REPO / "envs" / "requirements-slurm.txt")]
         proc = subprocess.run(pip, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
-            pytest.fail(f"could not install envs/requirements-slurm.txt:\n{proc.stderr[-3000:]}")
+            return ClusterStart(failure=f"could not install envs/requirements-slurm.txt:\n{proc.stderr[-3000:]}")
     env = {**os.environ, "SLURM_TEST_ACCOUNT": ACCOUNT, "SLURM_TEST_PARTITION": PARTITION}
     t0 = time.perf_counter()
-    proc = subprocess.run(["bash", str(CLUSTER_SH), "up"], capture_output=True, text=True, env=env, timeout=900)
+    cmd = [*apt_lock(), "bash", str(CLUSTER_SH), "up"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
-        pytest.fail(
-            f"tests/cluster/slurm.sh up failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-        )
+        output = f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        return ClusterStart(failure=f"tests/cluster/slurm.sh up failed ({proc.returncode}):\n{output}")
     cpus = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
-    print(f"\nSLURM test cluster up in {time.perf_counter() - t0:.1f} s")
-    yield {"account": ACCOUNT, "partition": PARTITION, "cpus": cpus}
+    start = ClusterStart(
+        cluster={"account": ACCOUNT, "partition": PARTITION, "cpus": cpus}, seconds=time.perf_counter() - t0
+    )
+    if then_start_pipeline:
+        start.workdir = Path(tempfile.mkdtemp(prefix="bioaug-slurm-run-"))
+        write_config(start.workdir, load_tiny_config())
+        start.pipeline = start_snakemake(start.workdir, *cluster_args(start.cluster))
+    return start
+
+
+def apt_lock() -> list[str]:
+    """A prefix that serialises apt-get with the other background installs of the session."""
+    return ["flock", str(APT_LOCK)] if shutil.which("flock") else []
+
+
+# Started when the session collects these tests (tests/conftest.py calls start_early): the
+# cluster's bring-up and the tiny pipeline through it mostly wait (apt, daemons, the plugin's
+# status checks), so they run while the other test files do; the fixtures below wait for them.
+EARLY: dict = {}
+
+
+def start_early() -> None:
+    if "thread" in EARLY:
+        return
+    EARLY["thread"] = threading.Thread(target=lambda: EARLY.update(start=bring_up_cluster(True)), daemon=True)
+    EARLY["thread"].start()
+
+
+def finish_early() -> None:
+    """At the end of the session: nothing started early keeps running (the fixtures normally
+    have finished it already)."""
+    if "thread" not in EARLY:
+        return
+    EARLY["thread"].join(timeout=900)
+    start = EARLY.get("start")
+    if start and start.pipeline and not EARLY.get("pipeline_finished"):
+        start.pipeline[0].kill()
+        run_id = run_id_of(start.pipeline[1].read_text(errors="replace"))
+        if run_id:
+            subprocess.run(["scancel", "--name", run_id], capture_output=True)
+    if start and start.cluster and not EARLY.get("down") and not os.environ.get("BIOAUG_KEEP_SLURM"):
+        subprocess.run(["bash", str(CLUSTER_SH), "down"], capture_output=True, text=True, timeout=300)
+    if start and start.workdir:
+        shutil.rmtree(start.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running one-node cluster: {'account', 'partition', 'cpus'}; stopped at the end."""
+    if "thread" in EARLY:
+        EARLY["thread"].join(timeout=1200)
+        start = EARLY.get("start") or ClusterStart(failure="the cluster's bring-up did not finish in 20 minutes")
+    else:  # this module imported without conftest's early start
+        start = bring_up_cluster()
+    if start.skip:
+        pytest.skip(start.skip)
+    if start.failure:
+        pytest.fail(start.failure)
+    print(f"\nSLURM test cluster up in {start.seconds:.1f} s")
+    yield start.cluster
     if not os.environ.get("BIOAUG_KEEP_SLURM"):
         subprocess.run(["bash", str(CLUSTER_SH), "down"], capture_output=True, text=True, timeout=300)
+        EARLY["down"] = True
 
 
 # ----------------------------------------------------------------------------- running Snakemake
@@ -247,12 +329,18 @@ def assert_same_outputs(local: Path, cluster: Path) -> None:
 # ----------------------------------------------------------------------------- a: the whole pipeline
 @pytest.fixture(scope="module")
 def slurm_run(slurm_cluster, tmp_path_factory, request):
-    """The tiny pipeline through SLURM; the local reference run (tiny_run) is made meanwhile."""
-    workdir = tmp_path_factory.mktemp("slurm_run")
-    write_config(workdir, load_tiny_config())
-    started = start_snakemake(workdir, *cluster_args(slurm_cluster))
+    """The tiny pipeline through SLURM (started at collection, see start_early); the local
+    reference run (tiny_run) is made meanwhile if it is not there yet."""
+    start = EARLY.get("start")
+    if start and start.pipeline:
+        workdir, started = start.workdir, start.pipeline
+    else:
+        workdir = tmp_path_factory.mktemp("slurm_run")
+        write_config(workdir, load_tiny_config())
+        started = start_snakemake(workdir, *cluster_args(slurm_cluster))
     local = request.getfixturevalue("tiny_run")  # already there when test_pipeline.py ran first
     run = finish_snakemake(workdir, *started)
+    EARLY["pipeline_finished"] = True
     assert run.returncode == 0, f"SLURM run failed ({run.returncode}):\n{run.tail()}"
     print(
         f"\ntiny pipeline through SLURM: {run.seconds:.0f} s, {len(run.submitted)} SLURM jobs "
@@ -295,14 +383,14 @@ RESUMED = re.compile(r"resumed GAN training from (\S+) at step (\d+)")
 
 
 @pytest.fixture(scope="module")
-def preempted_run(slurm_run, slurm_cluster, tmp_path_factory):
+def preempted_run(slurm_run, slurm_cluster, tmp_path_factory, gan_change_rerun):
     """train_gan (1000 steps) scancel'ed once it has a checkpoint, then retried by Snakemake.
 
     `--slurm-status-command squeue`: with the plugin's default (sacct), a job cancelled
     with scancel is never seen as ended, since sacct reports 'CANCELLED by <uid>' and the
     plugin (2.8.0) only knows 'CANCELLED': Snakemake would wait forever. squeue says
     'CANCELLED' (it keeps ended jobs for MinJobAge = 300 s, longer than the plugin's
-    longest pause between checks, 180 s).
+    longest pause between checks, 180 s). Runs beside the GAN-change rerun (started first).
     """
     run, _ = slurm_run
     workdir = tmp_path_factory.mktemp("slurm_preempt") / "run"
@@ -322,6 +410,8 @@ def preempted_run(slurm_run, slurm_cluster, tmp_path_factory):
             "1",
             "--slurm-status-command",
             "squeue",
+            "--set-threads",
+            "train_gan=1",
             f"results/{DS}/fold-0/gan/train_log.csv",
         ),
     )
@@ -387,24 +477,34 @@ def test_preempted_train_log_has_every_step_once(preempted_run):
 
 
 # ----------------------------------------------------------------------------- c: incremental rerun
-def test_gan_change_resubmits_only_gan_dependants(slurm_run, slurm_cluster, tmp_path):
+GAN_CHANGE = {"train_gan": 1, "generate": 4, "balance": 1, "classify": 3, "gan_quality": 1, "report": 1, "all": 1}
+
+
+@pytest.fixture(scope="module")
+def gan_change_rerun(slurm_run, slurm_cluster, tmp_path_factory):
+    """A copy of the SLURM run with another gan.steps, its rerun started (not waited for): it
+    runs beside the preemption run, both with train_gan on 1 CPU so the node fits both."""
     run, _ = slurm_run
-    workdir = tmp_path / "run"
+    workdir = tmp_path_factory.mktemp("slurm_gan_change") / "run"
     shutil.copytree(run.workdir, workdir, symlinks=True)
     config = load_tiny_config()
     config["gan"]["steps"] = 30
     write_config(workdir, config)
-    planned = planned_jobs(workdir)
-    expected = {"train_gan": 1, "generate": 4, "balance": 1, "classify": 3, "gan_quality": 1, "report": 1, "all": 1}
-    assert planned == expected
+    handle = {"planned": planned_jobs(workdir), "workdir": workdir, "run": None}
+    handle["started"] = start_snakemake(workdir, *cluster_args(slurm_cluster, "--set-threads", "train_gan=1"))
+    yield handle
+    if handle["run"] is None:  # never leave it running
+        finish_snakemake(workdir, *handle["started"])
 
-    rerun = slurm_snakemake(workdir, *cluster_args(slurm_cluster))
+
+def test_gan_change_resubmits_only_gan_dependants(gan_change_rerun):
+    assert gan_change_rerun["planned"] == GAN_CHANGE
+    rerun = gan_change_rerun["run"] = finish_snakemake(gan_change_rerun["workdir"], *gan_change_rerun["started"])
     assert rerun.returncode == 0, rerun.tail()
-    del expected["all"]
+    expected = {k: v for k, v in GAN_CHANGE.items() if k != "all"}
     assert rerun.finished() == expected
-    n = expected_submissions(
-        expected
-    )  # train_gan, generate (1 group), balance, classify (1 group), gan_quality, report
+    # train_gan, generate (1 group), balance, classify (1 group), gan_quality, report
+    n = expected_submissions(expected)
     assert len(rerun.submitted) == n
     jobs = sacct_jobs(rerun.run_id, expected=n)
     assert sorted(jobs["JobIDRaw"]) == sorted(rerun.submitted) and (jobs["State"] == "COMPLETED").all(), jobs

@@ -95,9 +95,10 @@ def test_shards_and_roundtrip(tmp_path):
             "y": 20.0,
         }
     )
-    assert n_shards(index, 2) == 3 and shard_images(index, 2, 2) == ["f4.tif"]
+    by_two = {"shard_size": 2, "shard_megapixels": 256}
+    assert n_shards(index, by_two) == 3 and shard_images(index, by_two, 2) == ["f4.tif"]
     cfg = {"size": 16, "channels": None, "percentiles": [1, 99]}
-    tiles, meta, norm = tile_images(tmp_path, index, shard_images(index, 2, 0), cfg)
+    tiles, meta, norm = tile_images(tmp_path, index, shard_images(index, by_two, 0), cfg)
     assert tiles.shape == (4, 16, 16, 2) and meta["item_id"].tolist() == ["it0", "it1", "it2", "it3"]
     assert meta["tile_id"].tolist() == meta["item_id"].tolist()  # one tile per point
     assert len(norm) == 4 and (norm["high"] > norm["low"]).all()
@@ -111,6 +112,60 @@ def test_shards_and_roundtrip(tmp_path):
     assert class_names(items) == ["a", "b"]
     with pytest.raises(BioaugError, match="no tiles"):
         load_tiles([tmp_path / "shard-00000.npy"], items.assign(split="val").iloc[:0], splits=("val",))
+
+
+def image_index(pixels: dict[str, int], items_per_image: int = 2) -> pd.DataFrame:
+    rows = [
+        {"item_id": f"{image}-{k}", "image": image, "label": "a", "image_pixels": n}
+        for image, n in pixels.items()
+        for k in range(items_per_image)
+    ]
+    return pd.DataFrame(rows).sample(frac=1, random_state=0)  # shards do not depend on row order
+
+
+def check_shards(blocks, pixels, budget_mp, cap=None):
+    """Every image in exactly one shard, in sorted order; each shard within the budget unless
+    it is one image; within the cap."""
+    assert [im for b in blocks for im in b] == sorted(pixels)
+    for b in blocks:
+        assert len(b) == 1 or sum(pixels[im] for im in b) <= budget_mp * 1e6
+        assert cap is None or len(b) <= cap
+    # greedy: a shard closes only when the next image would not fit
+    for b, nxt in zip(blocks, blocks[1:]):
+        full = cap is not None and len(b) == cap
+        assert full or sum(pixels[im] for im in b) + pixels[nxt[0]] > budget_mp * 1e6
+
+
+def test_shards_are_sized_by_pixels_not_file_count():
+    small = {f"crop_{i:05d}.tif": 40 * 40 * 3 for i in range(8000)}  # 38.4 MP of single-cell crops
+    index = image_index(small)
+    one = shard_images(index, {"shard_megapixels": 256, "shard_size": None})
+    assert len(one) == 1 and len(one[0]) == 8000  # was 167 jobs at 48 images each
+    blocks = shard_images(index, {"shard_megapixels": 10, "shard_size": None})
+    assert len(blocks) == 4  # ceil(38.4 / 10)
+    check_shards(blocks, small, 10)
+    capped = shard_images(index, {"shard_megapixels": 256, "shard_size": 3000})
+    assert [len(b) for b in capped] == [3000, 3000, 2000]
+    check_shards(capped, small, 256, cap=3000)
+    assert n_shards(index, {"shard_megapixels": 10, "shard_size": None}) == 4
+    assert shard_images(index, {"shard_megapixels": 10, "shard_size": None}, 3) == blocks[3]
+
+
+def test_a_slide_larger_than_the_budget_is_a_shard_of_its_own():
+    rng = np.random.default_rng(1)
+    pixels = {f"img_{i:03d}.tif": int(n) for i, n in enumerate(rng.integers(1e5, 5e7, 60))}
+    pixels["img_030.tif"] = 3_000_000_000  # a 3-gigapixel slide
+    index = image_index(pixels, items_per_image=3)
+    blocks = shard_images(index, {"shard_megapixels": 64, "shard_size": None})
+    check_shards(blocks, pixels, 64)
+    assert ["img_030.tif"] in blocks
+    slides = {f"slide_{i}.tif": 2_000_000_000 for i in range(5)}
+    assert len(shard_images(image_index(slides), {"shard_megapixels": 256, "shard_size": None})) == 5
+
+
+def test_an_index_without_pixel_counts_is_cut_by_image_count():
+    index = image_index({f"f{i}.tif": 1 for i in range(7)}).drop(columns="image_pixels")
+    assert [len(b) for b in shard_images(index, {"shard_megapixels": 256, "shard_size": 3})] == [3, 3, 1]
 
 
 def test_histogram_percentiles_equal_numpy():

@@ -44,6 +44,13 @@ EXPECTED = {
         "window_sparse_rss_mb",
         "window_sparse_n_tiles",
     ],
+    "bench_small_images.py": [
+        "n_images",
+        "by_count_tile_jobs",
+        "by_count_wall_s",
+        "by_work_tile_jobs",
+        "by_work_wall_s",
+    ],
     "bench_dag.py": ["n_images", "n_items", "setup_s", "dag_s", "startup_s", "jobs_total", "tile_jobs"],
 }
 
@@ -70,3 +77,6 @@ def test_benchmark_small(script):
         assert math.isfinite(value) and value > 0, f"{script}: {key}={value!r} is not a positive finite number"
     if script == "bench_dag.py":  # the property the benchmark is about: one tile job per shard
         assert res["tile_jobs"] == math.ceil(res["n_images"] / res["shard_size"]), res["jobs"]
+    if script == "bench_small_images.py":  # shards by work: the small crops make one job
+        assert res["by_work_tile_jobs"] == 1, res
+        assert res["by_count_tile_jobs"] == math.ceil(res["n_images"] / 48), res

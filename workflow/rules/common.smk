@@ -119,8 +119,8 @@ def index_table(dataset):
 
 
 def shard_prefixes(wildcards):
-    size = dataset_section(config, wildcards.dataset, "tiles")["shard_size"]
-    n = n_shards(index_table(wildcards.dataset), size)
+    tiles = dataset_section(config, wildcards.dataset, "tiles")
+    n = n_shards(index_table(wildcards.dataset), tiles)
     return [f"results/{wildcards.dataset}/tiles/shard-{k:05d}" for k in range(n)]
 
 

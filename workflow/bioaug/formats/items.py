@@ -18,7 +18,8 @@ import pandas as pd
 
 from ..runtime import BioaugError, atomic_path
 
-ITEM_COLUMNS = ["item_id", "image", "group", "label", "kind", "x", "y", "xmin", "ymin", "xmax", "ymax"]
+# image_pixels: height x width x channels of the item's source image (how shards are sized)
+ITEM_COLUMNS = ["item_id", "image", "group", "label", "kind", "x", "y", "xmin", "ymin", "xmax", "ymax", "image_pixels"]
 REJECTED_COLUMNS = ["input", "reason"]
 # Read as text whatever they look like, so a label "0" or an image "001" survives the round trip.
 TEXT_COLUMNS = ("item_id", "image", "group", "label", "kind", "split", "source_split")

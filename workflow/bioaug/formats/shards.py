@@ -16,7 +16,6 @@ re-tile anything.
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
@@ -30,15 +29,41 @@ META_COLUMNS = ["tile_id", "item_id", "label", "image", "pixel_size_um"]
 NORM_COLUMNS = ["image", "channel", "low", "high", "method"]
 
 
-def shard_images(index: pd.DataFrame, shard_size: int, shard: int | None = None):
-    """Source images of every shard (or of one shard): sorted, then cut into blocks."""
-    images = sorted(index["image"].unique())
-    blocks = [images[i : i + shard_size] for i in range(0, len(images), shard_size)]
+def shard_images(index: pd.DataFrame, tiles: dict, shard: int | None = None):
+    """Source images of every shard (or of one shard), sized by work: the images, sorted, are
+    cut into consecutive blocks of at most `tiles.shard_megapixels` source pixels (height x
+    width x channels; an image larger than that is a shard of its own) and at most
+    `tiles.shard_size` images (null: no cap), so thousands of small crops make a few jobs and
+    a few huge slides still make many."""
+    budget = tiles.get("shard_megapixels")
+    cap = tiles.get("shard_size")
+    pixels = _image_pixels(index)
+    blocks: list[list[str]] = []
+    used = 0.0
+    for image, n in pixels.items():
+        full = blocks and (
+            (cap is not None and len(blocks[-1]) >= cap) or (budget is not None and used + n > budget * 1e6)
+        )
+        if not blocks or full:
+            blocks.append([])
+            used = 0.0
+        blocks[-1].append(image)
+        used += n
     return blocks if shard is None else blocks[shard]
 
 
-def n_shards(index: pd.DataFrame, shard_size: int) -> int:
-    return math.ceil(index["image"].nunique() / shard_size)
+def _image_pixels(index: pd.DataFrame) -> pd.Series:
+    """Source pixels per image, images sorted (an index.csv written before the image_pixels
+    column existed counts each image as one pixel: its shards are cut by tiles.shard_size)."""
+    if "image_pixels" in index.columns:
+        pixels = index.groupby("image", sort=True)["image_pixels"].first().astype(float)
+    else:
+        pixels = pd.Series(1.0, index=sorted(index["image"].unique()))
+    return pixels.sort_index()
+
+
+def n_shards(index: pd.DataFrame, tiles: dict) -> int:
+    return len(shard_images(index, tiles))
 
 
 def shard_files(npy_path: str | Path) -> tuple[Path, Path, Path]:

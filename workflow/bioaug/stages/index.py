@@ -27,6 +27,7 @@ CSV column names can be mapped with `columns: {image: filename, label: cell_type
 from __future__ import annotations
 
 import logging
+import math
 import posixpath
 import re
 import xml.etree.ElementTree as ET
@@ -450,6 +451,7 @@ def index_dataset(
         items.loc[box, "x"] = (items.loc[box, "xmin"] + items.loc[box, "xmax"]) / 2
         items.loc[box, "y"] = (items.loc[box, "ymin"] + items.loc[box, "ymax"]) / 2
     _check_class_names(items["label"])
+    items["image_pixels"] = [math.prod(image_info[image][:3]) for image in items["image"]]
     items = items.sort_values(["image"], kind="stable").reset_index(drop=True)
     items.insert(0, "item_id", [f"it{i:06d}" for i in range(len(items))])
     extra = ["source_split"] if "source_split" in items.columns else []

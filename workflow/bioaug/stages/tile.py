@@ -9,9 +9,11 @@ How an item becomes tiles depends on its kind (see stages/index.py):
   array  the whole (small) image, resized to the tile if needed (NPZ / MedMNIST)
 Crops that reach past the border are reflect-padded (`border: skip` drops them at index).
 
-Each job handles one shard of source images (tiles.shard_size images), so a large dataset
-becomes a modest number of jobs. Regions are read from the image source one at a time, so
-an uncompressed TIFF is never loaded whole (memory is bounded by the tiles in flight).
+Each job handles one shard of source images, sized by work (tiles.shard_megapixels source
+pixels, at most tiles.shard_size images; formats/shards.py), so a large dataset becomes a
+modest number of jobs whether it is thousands of small crops or a few huge slides. Regions
+are read from the image source one at a time, so an uncompressed TIFF is never loaded whole
+(memory is bounded by the tiles in flight).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ log = logging.getLogger("bioaug.tile")
 
 
 def run(data_dir, index_csv, shard: int, cfg: dict, out_npy) -> int:
-    """The tile stage: tile shard `shard` of the dataset (tiles.shard_size source images)."""
+    """The tile stage: tile shard `shard` of the dataset (see shard_images)."""
     index = read_items(index_csv)
-    return tile_shard(data_dir, index, shard_images(index, cfg["shard_size"], shard), cfg, out_npy)
+    return tile_shard(data_dir, index, shard_images(index, cfg, shard), cfg, out_npy)
 
 
 def percentile_stats(sample: np.ndarray, low_pct: float, high_pct: float) -> tuple[np.ndarray, np.ndarray]:
