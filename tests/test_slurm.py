@@ -406,12 +406,12 @@ def preempted_run(slurm_run, slurm_cluster, tmp_path_factory, gan_change_rerun):
         workdir,
         *cluster_args(
             slurm_cluster,
+            "--set-threads",  # (takes several values: not right before the target)
+            "train_gan=1",
             "--retries",
             "1",
             "--slurm-status-command",
             "squeue",
-            "--set-threads",
-            "train_gan=1",
             f"results/{DS}/fold-0/gan/train_log.csv",
         ),
     )

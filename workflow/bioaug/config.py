@@ -174,6 +174,15 @@ def check_config(config: dict) -> None:
                 )
 
         command = dataset_section(config, ds, "classifier")["command"]
+        init_weights = dataset_section(config, ds, "classifier")["init_weights"]
+        if init_weights is not None:
+            if command is not None:
+                raise BioaugError(
+                    f"{key('classifier', 'init_weights')}: has no effect with {key('classifier', 'command')} "
+                    "(your command trains its own network); remove one of them"
+                )
+            if not Path(init_weights).exists():
+                raise BioaugError(f"{key('classifier', 'init_weights')}: {init_weights} does not exist")
         if command is not None:
             from .classifier.external import check_command
 

@@ -171,6 +171,12 @@ def classify_inputs(wildcards):
     if ARMS[wildcards.arm]["data"] != "real":
         inputs["synthetic"] = synthetic_files("npy")(wildcards)
         inputs["synthetic_tables"] = synthetic_files("csv")(wildcards)
+    # the user's initial weights: a new file reruns the models that start from it
+    init_weights = dataset_section(config, wildcards.dataset, "classifier")[
+        "init_weights"
+    ]
+    if init_weights is not None:
+        inputs["init_weights"] = init_weights
     return inputs
 
 

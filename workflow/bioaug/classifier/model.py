@@ -91,8 +91,10 @@ class BasicBlock(nnx.Module):
     conv + BN where the shape changes), then ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, *, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), strides=stride, padding="SAME", use_bias=False,
-                              rngs=rngs)  # fmt: skip
+        # padding 1 on every side (not "SAME", which pads a strided conv on the far side only):
+        # PyTorch's / torchvision's alignment, so their ResNet weights compute the same thing here
+        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), strides=stride, padding=((1, 1), (1, 1)),
+                              use_bias=False, rngs=rngs)  # fmt: skip
         self.bn1 = nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs)
         self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
         # zero-init the last BN scale: each block starts as the identity (Goyal et al. 2017)

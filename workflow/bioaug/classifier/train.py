@@ -94,17 +94,19 @@ class TrainedClassifier:
         from pathlib import Path
 
         from ..runtime import atomic_path
+        from .init_weights import flat_weights, weight_state
 
         module = self.to_module()
-        leaves = jax.tree.leaves(nnx.state(module, (nnx.Param, nnx.BatchStat)))  # weights, not RNG keys
+        weights = flat_weights(weight_state(module))  # weights, not RNG keys; in leaf order
         with atomic_path(directory) as tmp:
             Path(tmp).mkdir()
-            np.savez(Path(tmp) / "state.npz", *[np.asarray(v) for v in leaves])
+            np.savez(Path(tmp) / "state.npz", *[np.asarray(v.get_value()) for v in weights.values()])
             meta = {
                 "in_channels": module.in_channels,
                 "n_classes": module.n_classes,
                 "architecture": list(network_key(module)),
                 "channels": list(module.channels),
+                "weight_names": list(weights),  # of state.npz's arrays, in order
                 "class_names": self.class_names,
                 "best_epoch": self.best_epoch,
                 "history": self.history,
@@ -324,7 +326,7 @@ def train_classifier(
       class_names: class index -> name.
       cfg: the validated ``classifier`` (or ``feature_classifier``) section: epochs,
         batch_size, lr, architecture (small_cnn: channels; resnet: width, blocks),
-        schedule (constant | cosine), weight_decay (other keys ignored).
+        schedule (constant | cosine), weight_decay, init_weights (other keys ignored).
       seed: drives init, dropout, augmentation and sampling.
       augment: random flips / 90-degree rotations / +-10% intensity jitter, on device.
       class_weighted: per-class loss weights inversely proportional to train frequency,
@@ -363,6 +365,10 @@ def train_classifier(
 
     # --- model and its functional state (train- and eval-mode graphdefs, one state)
     model = _init_model(c, n_classes, arch, k_init)
+    if cfg.get("init_weights"):  # the user's pretrained weights, where names and shapes match
+        from .init_weights import load_initial_weights
+
+        load_initial_weights(model, cfg["init_weights"])
     model.eval()
     gd_eval, _, _ = nnx.split(model, nnx.Param, ...)
     model.train()
