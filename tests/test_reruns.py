@@ -94,6 +94,17 @@ def test_a_change_the_index_reads_reruns_the_index_first(copy_of_run, mutate, do
     assert jobs.get("index") == 1 and ("download" in jobs) == download
 
 
+def test_initial_weights_rerun_the_classifiers_only(copy_of_run):
+    """classifier.init_weights (a param of classify, and its file an input): the models and
+    the report rerun, nothing before them."""
+    config = load_tiny_config()
+    weights = copy_of_run / "weights.npz"
+    weights.write_bytes(b"")
+    config["classifier"]["init_weights"] = "weights.npz"
+    write_config(copy_of_run, config)
+    assert planned_jobs(copy_of_run) == CLASSIFY
+
+
 def test_a_new_arm_runs_only_its_models_and_the_report(copy_of_run):
     config = load_tiny_config()
     config["classifier"]["arms"].remove("class_weights")

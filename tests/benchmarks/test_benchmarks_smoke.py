@@ -52,12 +52,34 @@ EXPECTED = {
         "by_work_wall_s",
     ],
     "bench_dag.py": ["n_images", "n_items", "setup_s", "dag_s", "startup_s", "jobs_total", "tile_jobs"],
+    "bench_classifier.py": ["jax_steps_per_s", "jax_tiles_per_s", "jax_compile_s"],
 }
+ARGS = {"bench_classifier.py": ["--small", "--steps", "5"]}  # the others: --small
+
+
+def test_gpu_check_runs_on_the_cpu(tmp_path):
+    """The prepared GPU run (gpu_check.py) works wherever JAX runs: --small on the CPU."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(HERE / "gpu_check.py"), "--small", "--no-e2e", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["device"]["platform"] == "cpu" and res["device"]["peak_tflops"] is None
+    step = res["gan_step"]["config.yaml"]
+    assert step["batch"] == 32 and step["tile"] == 32 and step["compute_dtype"] == "float32"
+    for key in ("steps_per_s", "images_per_s", "gflop_per_step", "achieved_tflops", "compile_s"):
+        assert math.isfinite(step[key]) and step[key] > 0, key
+    assert step["images_per_s"] == pytest.approx(32 * step["steps_per_s"])
+    assert res["classifier"]["small_cnn"]["steps_per_s"] > 0
 
 
 def run_small(script: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, str(HERE / script), "--small"], cwd=REPO, capture_output=True, text=True, timeout=180
+        [sys.executable, str(HERE / script), *ARGS.get(script, ["--small"])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, (
         f"{script} --small failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -77,6 +99,8 @@ def test_benchmark_small(script):
         assert math.isfinite(value) and value > 0, f"{script}: {key}={value!r} is not a positive finite number"
     if script == "bench_dag.py":  # the property the benchmark is about: one tile job per shard
         assert res["tile_jobs"] == math.ceil(res["n_images"] / res["shard_size"]), res["jobs"]
+    if script == "bench_classifier.py" and "torch_steps_per_s" in res:  # where a torch environment exists
+        assert res["ratio"] == pytest.approx(res["jax_steps_per_s"] / res["torch_steps_per_s"])
     if script == "bench_small_images.py":  # shards by work: the small crops make one job
         assert res["by_work_tile_jobs"] == 1, res
         assert res["by_count_tile_jobs"] == math.ceil(res["n_images"] / 48), res
