@@ -75,6 +75,26 @@ def test_centred_crops_are_centred_and_reflect_padded():
     assert crops[1, 4, 3, 0] == img[19, 1, 0]  # reflected across the left border
 
 
+@pytest.mark.parametrize("h, w", [(40, 50), (3, 7), (2, 2), (1, 9), (9, 1), (5, 5)])
+def test_gathered_crops_equal_region_reads_everywhere(h, w):
+    """The one-gather crop path pads exactly as ImageSource.region (numpy's reflect of the part
+    inside, repeated when the crop is larger; edge for a one-pixel part), at any position."""
+    rng = np.random.default_rng(h * 100 + w)
+    img = rng.integers(0, 4000, (h, w, 3), dtype=np.uint16)
+    for channels in (None, [2, 0]):
+        src = ImageSource("img", img, channels)
+        for size in (1, 4, 8, 17):
+            ys = rng.integers(-size // 2 + 1, h + size // 2, 40).astype(float)
+            xs = rng.integers(-size // 2 + 1, w + size // 2, 40).astype(float)
+            crops = gather_crops(src, xs, ys, size)
+            assert crops.dtype == np.float32 and crops.shape == (40, size, size, 3 if channels is None else 2)
+            for x, y, crop in zip(xs, ys, crops):
+                want = src.region(int(round(y)) - size // 2, int(round(x)) - size // 2, size, size)
+                np.testing.assert_array_equal(crop, want, err_msg=f"{h}x{w}, size {size}, at ({x}, {y})")
+    with pytest.raises(BioaugError, match="outside"):
+        gather_crops(ImageSource("img", img, None), np.array([w + 20.0]), np.array([1.0]), 4)
+
+
 def test_shards_and_roundtrip(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(5):

@@ -43,12 +43,19 @@ def run(data_dir, index_csv, shard: int, cfg: dict, out_npy) -> int:
 def percentile_stats(sample: np.ndarray, low_pct: float, high_pct: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel low/high percentiles of an image (or of a regular sample of it).
 
-    8/16-bit images take a histogram path (bincount + cumulative sum) that gives exactly
-    np.percentile's linear interpolation, several times faster than its partition.
+    8/16-bit images take a histogram path that gives exactly np.percentile's linear
+    interpolation, several times faster than its partition: one bincount over all channels
+    at once (each channel's values offset into its own range of bins), one cumulative sum.
     """
     flat = sample.reshape(-1, sample.shape[-1])
     if flat.dtype in (np.uint8, np.uint16) and len(flat):
-        stats = np.array([_hist_percentiles(flat[:, c], (low_pct, high_pct)) for c in range(flat.shape[1])])
+        c = flat.shape[1]
+        bins = int(flat.max()) + 1
+        codes = flat.astype(np.intp)
+        codes += np.arange(c, dtype=np.intp) * bins
+        # ravel in memory order: a channel-planar (CYX) image needs no transposing copy
+        cum = np.cumsum(np.bincount(codes.ravel(order="K"), minlength=c * bins).reshape(c, bins), axis=1)
+        stats = np.array([_hist_percentiles(cum[k], (low_pct, high_pct)) for k in range(c)])
         return stats[:, 0].astype(np.float32), stats[:, 1].astype(np.float32)
     low, high = np.percentile(flat.astype(np.float32, copy=False), [low_pct, high_pct], axis=0)
     return low.astype(np.float32), high.astype(np.float32)
@@ -71,8 +78,8 @@ def normalisation_stats(sample: np.ndarray, cfg: dict) -> tuple[np.ndarray, np.n
     return (*percentile_stats(sample, *cfg["percentiles"]), method)
 
 
-def _hist_percentiles(values: np.ndarray, pcts) -> list[float]:
-    cum = np.cumsum(np.bincount(values))
+def _hist_percentiles(cum: np.ndarray, pcts) -> list[float]:
+    """Percentiles (linear interpolation) from the cumulative histogram of integer values."""
     n = cum[-1]
     out = []
     for p in pcts:
@@ -89,21 +96,37 @@ def apply_stats(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.clip((x - low) / scale, 0.0, 1.0).astype(np.float32)
 
 
+def reflect_index(start: np.ndarray, size: int, lo: int, hi: int, edge: np.ndarray) -> np.ndarray:
+    """Indices [start, start + size) per row of `start`, mapped into [lo, hi) the way
+    ImageSource.region pads: numpy's 'reflect' of the part inside (mirrored at the edge pixel,
+    repeatedly where the crop is larger than that part), or 'edge' where `edge` (region()
+    pads a part one pixel high or wide by repeating it, in both directions)."""
+    idx = start[:, None] + np.arange(size)
+    first = np.clip(start, lo, hi - 1)[:, None]  # region() pads the clipped part [first, last)
+    last = np.clip(start + size, lo + 1, hi)[:, None]
+    n = last - first
+    period = np.maximum(2 * (n - 1), 1)
+    m = (idx - first) % period
+    reflected = first + np.where(m >= n, period - m, m)
+    return np.where(edge[:, None] | (n == 1), np.clip(idx, first, last - 1), reflected)
+
+
 def gather_crops(src, xs: np.ndarray, ys: np.ndarray, size: int) -> np.ndarray:
-    """Crops of an in-memory image source: interior ones in one strided gather on the raw
-    pixels, the few that reach past the border through the reflect-padding region reader."""
+    """Crops of an in-memory image source, all in one fancy-indexed gather on the raw pixels;
+    crops that reach past the border are reflect-padded exactly as ImageSource.region does."""
     h, w, _ = src.array.shape
     tops = np.round(np.asarray(ys, float)).astype(int) - size // 2
     lefts = np.round(np.asarray(xs, float)).astype(int) - size // 2
-    inside = (tops >= 0) & (lefts >= 0) & (tops + size <= h) & (lefts + size <= w)
-    out = np.empty((len(xs), size, size, src.shape[-1]), np.float32)
-    if inside.any():
-        raw = src.select_channels(src.array, raw=True)
-        windows = np.lib.stride_tricks.sliding_window_view(raw, (size, size), axis=(0, 1))  # (H', W', C, s, s)
-        out[inside] = windows[tops[inside], lefts[inside]].transpose(0, 2, 3, 1)
-    for i in np.flatnonzero(~inside):
-        out[i] = src.region(tops[i], lefts[i], size, size)
-    return out
+    outside = (tops + size <= 0) | (lefts + size <= 0) | (tops >= h) | (lefts >= w)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise BioaugError(f"{src.path}: region at ({lefts[i]}, {tops[i]}) lies outside the {w}x{h} image")
+    one_pixel = (np.minimum(tops + size, h) - np.maximum(tops, 0) == 1) | (
+        np.minimum(lefts + size, w) - np.maximum(lefts, 0) == 1
+    )
+    rows, cols = reflect_index(tops, size, 0, h, one_pixel), reflect_index(lefts, size, 0, w, one_pixel)
+    crops = src.array[rows[:, :, None], cols[:, None, :]]  # (n, size, size, C)
+    return src.select_channels(crops)
 
 
 def resize(tile: np.ndarray, size: int) -> np.ndarray:
@@ -169,7 +192,12 @@ def iter_tiles(root: str | Path, index: pd.DataFrame, images: list[str], cfg: di
     """
     root = Path(root)
     wanted = set(images)
-    by_image = {img: rows for img, rows in index[index["image"].isin(wanted)].groupby("image", sort=False)}
+    sub = index[index["image"].isin(wanted)]
+    kinds = sub["kind"].to_numpy()
+    # per item once (not per image): is it a fixed-size crop (one gather per image)?
+    fixed_all = (kinds == "point") | ((kinds == "box") & (cfg["context"] == "fixed"))
+    positions = sub.groupby("image", sort=False).indices
+    columns = {c: sub[c].to_numpy() for c in ("item_id", "label", "x", "y")}
     n_empty = 0
     channels = None
     for image in progress(images, desc="tiling"):
@@ -187,18 +215,17 @@ def iter_tiles(root: str | Path, index: pd.DataFrame, images: list[str], cfg: di
                 {"image": image, "channel": c, "low": lo, "high": hi, "method": method}
                 for c, (lo, hi) in enumerate(zip(low, high))
             )
-        rows = by_image[image]
-        fixed = (rows["kind"] == "point") | ((rows["kind"] == "box") & (cfg["context"] == "fixed"))
-        if fixed.all() and isinstance(src.array, np.ndarray):
+        at = positions[image]
+        if fixed_all[at].all() and isinstance(src.array, np.ndarray):
             # The common case, in one gather: every object of an in-memory image at once.
-            raw = gather_crops(src, rows["x"].to_numpy(), rows["y"].to_numpy(), cfg["size"])
+            raw = gather_crops(src, columns["x"][at], columns["y"][at], cfg["size"])
             meta = [
                 {"tile_id": i, "item_id": i, "label": lab, "image": image, "pixel_size_um": src.pixel_size_um}
-                for i, lab in zip(rows["item_id"], rows["label"])
+                for i, lab in zip(columns["item_id"][at], columns["label"][at])
             ]
             yield apply_stats(raw, low, high), meta
             continue
-        for row in rows.itertuples(index=False):
+        for row in sub.iloc[at].itertuples(index=False):
             row = row._asdict()
             produced = False
             for suffixes, raw, zoom in _item_tiles(src, row, cfg, low, high):
