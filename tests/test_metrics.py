@@ -87,3 +87,40 @@ def test_registry():
     assert get_metric("classification") is classification_metrics
     with pytest.raises(KeyError, match="classification"):  # the message lists known names
         get_metric("no-such-metric")
+
+
+# ----------------------------------------------------------------------------- two-sample test
+def blobs(rng, n, size=16, texture=0.0):
+    """Gaussian blobs of random size and place; `texture` adds a checkerboard of that amplitude."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = np.empty((n, size, size, 2), np.float32)
+    checker = ((yy + xx) % 2).astype(np.float32)
+    for i in range(n):
+        cy, cx, r = rng.uniform(5, size - 5), rng.uniform(5, size - 5), rng.uniform(2, 4)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        out[i, ..., 0] = blob + rng.normal(0, 0.05, blob.shape) + texture * checker
+        out[i, ..., 1] = 0.5 * blob + rng.normal(0, 0.05, blob.shape)
+    return np.clip(out, 0, 1)
+
+
+def test_two_sample_test_tells_apart_only_what_differs():
+    two_sample = get_metric("two_sample")
+    rng = np.random.default_rng(0)
+    same = two_sample(blobs(rng, 200), blobs(rng, 200), steps=150)
+    assert same["c2st_n_test"] == 200
+    assert 0.35 <= same["c2st_accuracy"] <= 0.65  # one distribution: chance
+    assert same["c2st_low"] < 0.5 < same["c2st_high"]
+    textured = two_sample(blobs(rng, 200), blobs(rng, 200, texture=0.25), steps=150)
+    assert textured["c2st_accuracy"] >= 0.9 and textured["c2st_low"] > 0.5  # a GAN's checkerboard: found
+    few = two_sample(blobs(rng, 3), blobs(rng, 50), steps=150)
+    assert np.isnan(few["c2st_accuracy"]) and few["c2st_n_test"] == 0
+    rare = two_sample(blobs(rng, 9), blobs(rng, 300, texture=0.25), steps=150)  # 9 real tiles: 4 to learn from
+    assert rare["c2st_n_test"] == 10 and 0 <= rare["c2st_low"] <= rare["c2st_accuracy"] <= rare["c2st_high"] <= 1
+
+
+def test_wilson_interval_known_values():
+    from bioaug.metrics.two_sample import wilson_interval
+
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson_interval(0, 20) == pytest.approx((0.0, 0.1611), abs=1e-4)
+    assert all(np.isnan(wilson_interval(0, 0)))

@@ -513,6 +513,11 @@ def test_tiny_run_report_says_what_its_metric_files_say(tiny_run):
         min_support=4,  # tiny.yaml
     )
     assert acceptance["min_confidence"].isna().all()  # tiny.yaml: no selective synthesis, so no section
+    quality = pd.read_csv(res / "fold-0" / "gan_quality.csv", dtype={"class": str}).set_index("class")
+    per_class = quality.drop(index="all")
+    assert np.isnan(quality.loc["all", "c2st_accuracy"])  # the two-sample test is per class
+    assert per_class["c2st_accuracy"].between(0, 1).all() and (per_class["c2st_n_test"] >= 4).all()
+    assert "real vs synthetic told apart (accuracy)" in (res / "summary.md").read_text()
     for png in ("recall_by_arm", "f1_by_arm", "forest", "confusion", "gan_losses", "real_vs_synthetic"):
         assert png_dpi(res / "report" / f"{png}.png") == pytest.approx(150, abs=0.5), png
     # the report does not read the balanced dataset (whose file format is a user's choice)

@@ -5,6 +5,7 @@
   precision_recall    (real, fake, k=3) -> {precision, recall}          manifold.py
   density_coverage    (real, fake, k=5) -> {density, coverage}          manifold.py
   memorisation        (train, test, synthetic) -> audit dict            memorisation.py
+  two_sample          (real, fake, steps) -> {c2st_accuracy, ...}       two_sample.py
 Look metrics up with :func:`get_metric`, which names the known ones when asked for another.
 """
 
@@ -16,6 +17,7 @@ from .classification import classification_metrics
 from .frechet import fid, kid
 from .manifold import density_coverage, precision_recall
 from .memorisation import memorisation_audit
+from .two_sample import classifier_two_sample_test
 
 METRICS: dict[str, Callable] = {
     "classification": classification_metrics,
@@ -24,6 +26,7 @@ METRICS: dict[str, Callable] = {
     "precision_recall": precision_recall,
     "density_coverage": density_coverage,
     "memorisation": memorisation_audit,
+    "two_sample": classifier_two_sample_test,
 }
 
 

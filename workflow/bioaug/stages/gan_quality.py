@@ -3,7 +3,9 @@
 Feature space: the penultimate layer of a classifier trained on the real train split (the
 feature classifier), so distances reflect what matters in this domain. Reported overall and
 per class: FID and KID (synthetic vs real train), improved precision/recall (k=3),
-density/coverage (k=5), and the memorisation audit (feature and pixel space).
+density/coverage (k=5), and the memorisation audit (feature and pixel space). In pixel space,
+per class: the classifier two-sample test (can a small CNN tell the class's real tiles from its
+synthetic ones? accuracy 0.5 = no; gan_quality.two_sample_steps, 0 = off).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def run(
         shard_npys,
         synthetic_npys,
         max_per_class=cfg["max_per_class"],
+        two_sample_steps=cfg["two_sample_steps"],
     )
     with atomic_path(memorisation_csv) as tmp:
         audit.to_csv(tmp, index=False)
@@ -43,7 +46,15 @@ def run(
         quality.to_csv(tmp, index=False)
 
 
-def assess(feature_clf, items: pd.DataFrame, shard_npys, synthetic_npys, max_per_class: int, seed: int = 0):
+def assess(
+    feature_clf,
+    items: pd.DataFrame,
+    shard_npys,
+    synthetic_npys,
+    max_per_class: int,
+    seed: int = 0,
+    two_sample_steps: int = 0,
+):
     """Quality table (one row per class plus 'all') and the per-tile memorisation table."""
     names = class_names(items)
     x_train, y_train, train_rows = load_tiles(shard_npys, items, splits=("train",))
@@ -69,6 +80,8 @@ def assess(feature_clf, items: pd.DataFrame, shard_npys, synthetic_npys, max_per
         }
         row.update(get_metric("precision_recall")(f_train[tr], f_syn[sy], k=3))
         row.update(get_metric("density_coverage")(f_train[tr], f_syn[sy], k=5))
+        if c is not None:  # per class only: the class mix of 'all' would decide it
+            row.update(get_metric("two_sample")(x_train[tr], x_syn[sy], steps=two_sample_steps, seed=seed))
         rows.append(row)
     quality = pd.DataFrame(rows)
 

@@ -507,6 +507,8 @@ QUALITY_COLUMNS = {  # column of gan_quality.csv -> (header, digits; None for a 
     "coverage": ("coverage", 3),
     "near_copy_share_feature": ("near-copies, feature space (%)", "%"),
     "near_copy_share_pixel": ("near-copies, pixel space (%)", "%"),
+    "c2st_accuracy": ("real vs synthetic told apart (accuracy)", 2),
+    "c2st_n_test": ("held-out tiles (n)", None),
 }
 
 
@@ -562,7 +564,9 @@ def quality_table(quality: pd.DataFrame) -> Table:
             "recall, coverage: do they cover the real variety (precision, recall, coverage from 0 to 1, higher is "
             "better; density about 1 for a realistic set). Near-copies: share of synthetic tiles closer to a train "
             "tile than 99% of the real test tiles are (by construction about 1% for new real images; well above that, "
-            "the GAN copies its training images)."
+            "the GAN copies its training images). Told apart: a small CNN trained on half of a class's real and "
+            "synthetic tiles to tell them apart, scored on the other half (0.5: indistinguishable to it; 1: every "
+            "tile told apart; 0.70 or less is the aim)."
         ),
         notes=[
             "FID and KID are computed in bioaug's own feature space (the classifier above), not in the Inception "
