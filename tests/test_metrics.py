@@ -106,15 +106,15 @@ def blobs(rng, n, size=16, texture=0.0):
 def test_two_sample_test_tells_apart_only_what_differs():
     two_sample = get_metric("two_sample")
     rng = np.random.default_rng(0)
-    same = two_sample(blobs(rng, 200), blobs(rng, 200), steps=150)
-    assert same["c2st_n_test"] == 200
+    same = two_sample(blobs(rng, 160), blobs(rng, 160), steps=80)
+    assert same["c2st_n_test"] == 160
     assert 0.35 <= same["c2st_accuracy"] <= 0.65  # one distribution: chance
     assert same["c2st_low"] < 0.5 < same["c2st_high"]
-    textured = two_sample(blobs(rng, 200), blobs(rng, 200, texture=0.25), steps=150)
+    textured = two_sample(blobs(rng, 160), blobs(rng, 160, texture=0.25), steps=80)
     assert textured["c2st_accuracy"] >= 0.9 and textured["c2st_low"] > 0.5  # a GAN's checkerboard: found
-    few = two_sample(blobs(rng, 3), blobs(rng, 50), steps=150)
+    few = two_sample(blobs(rng, 3), blobs(rng, 50), steps=80)
     assert np.isnan(few["c2st_accuracy"]) and few["c2st_n_test"] == 0
-    rare = two_sample(blobs(rng, 9), blobs(rng, 300, texture=0.25), steps=150)  # 9 real tiles: 4 to learn from
+    rare = two_sample(blobs(rng, 9), blobs(rng, 300, texture=0.25), steps=80)  # 9 real tiles: 4 to learn from
     assert rare["c2st_n_test"] == 10 and 0 <= rare["c2st_low"] <= rare["c2st_accuracy"] <= rare["c2st_high"] <= 1
 
 
