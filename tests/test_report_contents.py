@@ -520,6 +520,11 @@ def test_tiny_run_report_says_what_its_metric_files_say(tiny_run):
     assert "real vs synthetic told apart (accuracy)" in (res / "summary.md").read_text()
     for png in ("recall_by_arm", "f1_by_arm", "forest", "confusion", "gan_losses", "real_vs_synthetic"):
         assert png_dpi(res / "report" / f"{png}.png") == pytest.approx(150, abs=0.5), png
+    # 16 real and 16 synthetic tiles a class, each at least 64 px on screen (tiny.yaml: 16 px tiles)
+    from PIL import Image
+
+    width, height = Image.open(res / "report" / "real_vs_synthetic.png").size
+    assert width >= 16 * 64 and height >= 2 * 4 * 64  # 4 classes, a real and a synthetic row each
     # the report does not read the balanced dataset (whose file format is a user's choice)
     assert planned_jobs(tiny_run, "--forcerun", "balance") == {"balance": 1, "all": 1}
 

@@ -41,8 +41,11 @@ def save_class_grid(path, class_names: list[str], rows: list[np.ndarray], title:
 
     rgb_rows = [to_rgb(r) for r in rows]
     grid = tile_grid(rgb_rows)
-    fig_w = max(4.0, grid.shape[1] / 40)
-    fig_h = max(2.0, grid.shape[0] / 40)
+    # inches per grid pixel: a tile is at least half an inch (75 px at the saved 150 dpi), so
+    # small tiles are still big enough to judge by eye
+    scale = max(1 / 40, 0.5 / rows[0].shape[1])
+    fig_w = max(4.0, grid.shape[1] * scale)
+    fig_h = max(2.0, grid.shape[0] * scale)
     fig, ax = plt.subplots(figsize=(fig_w + 1.5, fig_h + 0.5), dpi=100)
     ax.imshow(grid, interpolation="nearest")
     h = rows[0].shape[1] + 2

@@ -27,7 +27,7 @@ from ..runtime import BioaugError, atomic_path
 from ..verdicts import MACRO, pool_folds, summarise_arms
 
 log = logging.getLogger("bioaug.report")
-GRID_PER_ROW = 8
+GRID_PER_ROW = 16  # tiles per class and kind in the real-vs-synthetic figure (each >= 100 px at 150 dpi)
 DPI = 150
 
 # What each arm trains on, in words (the legend of every table and figure; see arms.py).
