@@ -124,3 +124,18 @@ def test_a_pytorch_classifier_is_judged(easy_dataset, readers_venv):
     result = run_arm("real+classic", 0, items, shards, cfg_with(command, epochs=15))
     assert result["classifier"] == "command" and result["n"] == 12
     assert result["balanced_accuracy"] >= 0.9 and result["macro_auc"] is not None
+
+
+@pytest.mark.slow
+def test_the_classifier_benchmarks_pytorch_peer_trains(readers_venv, tmp_path):
+    """bench_classifier.py's PyTorch worker (the peer the JAX classifier is raced against) runs
+    in the torch environment and reports its steps/s."""
+    import subprocess
+
+    script = REPO / "tests" / "benchmarks" / "bench_classifier.py"
+    cmd = [str(readers_venv["python"]), str(script), "--worker", "torch", "--steps", "3", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["fw"] == "torch" and res["steps"] == 3 and res["steps_per_s"] > 0
+    assert res["version"].startswith("2.13")

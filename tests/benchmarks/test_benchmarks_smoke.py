@@ -54,7 +54,9 @@ EXPECTED = {
     "bench_dag.py": ["n_images", "n_items", "setup_s", "dag_s", "startup_s", "jobs_total", "tile_jobs"],
     "bench_classifier.py": ["jax_steps_per_s", "jax_tiles_per_s", "jax_compile_s"],
 }
-ARGS = {"bench_classifier.py": ["--small", "--steps", "5"]}  # the others: --small
+# the others: --small. The PyTorch peer of bench_classifier.py is run by test_byo_classifier.py,
+# once the reader venv (torch) is built; here it would race that background build.
+ARGS = {"bench_classifier.py": ["--small", "--steps", "5", "--no-torch"]}
 
 
 def test_gpu_check_runs_on_the_cpu(tmp_path):
@@ -65,11 +67,11 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(out.read_text())
     assert res["device"]["platform"] == "cpu" and res["device"]["peak_tflops"] is None
-    step = res["gan_step"]["config.yaml"]
-    assert step["batch"] == 32 and step["tile"] == 32 and step["compute_dtype"] == "float32"
+    step = res["gan_step"]["tests/configs/tiny.yaml"]  # --small: the tiny GAN, 16 px, batch 16
+    assert step["batch"] == 16 and step["tile"] == 16 and step["compute_dtype"] == "float32"
     for key in ("steps_per_s", "images_per_s", "gflop_per_step", "achieved_tflops", "compile_s"):
         assert math.isfinite(step[key]) and step[key] > 0, key
-    assert step["images_per_s"] == pytest.approx(32 * step["steps_per_s"])
+    assert step["images_per_s"] == pytest.approx(16 * step["steps_per_s"])
     assert res["classifier"]["small_cnn"]["steps_per_s"] > 0
 
 
