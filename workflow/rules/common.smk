@@ -203,18 +203,20 @@ def fold_files(name):
 
 
 def upstream_benchmarks(wildcards):
-    """The benchmark file of every job the report waits for, by rule (bench_<rule>): the
-    report's "where the time went" table. balance and report itself are not upstream."""
+    """The benchmark file of every job the report waits for, keyed bench_<name of the
+    rule>; the report's "where the time went" table. balance and report are not upstream.
+    """
     ds = wildcards.dataset
     cfg = dataset_section(config, ds, "classifier")
     folds = range(n_folds(ds))
     bench = f"benchmarks/{ds}"
-    shards = [p.split("/")[-1] for p in shard_prefixes(wildcards)]
     per_fold = ("split", "train_gan", "feature_classifier", "gan_quality")
-    files = {
+    return {
         "bench_download": [f"{bench}/download.tsv"],
         "bench_index": [f"{bench}/index.tsv"],
-        "bench_tile": [f"{bench}/tile-{s.removeprefix('shard-')}.tsv" for s in shards],
+        "bench_tile": [
+            f"{bench}/tile-{k:05d}.tsv" for k in range(len(shard_prefixes(wildcards)))
+        ],
         **{
             f"bench_{r}": [f"{bench}/fold-{f}/{r}.tsv" for f in folds] for r in per_fold
         },
@@ -228,7 +230,6 @@ def upstream_benchmarks(wildcards):
             for seed in cfg["seeds"]
         ],
     }
-    return files
 
 
 def all_outputs():
