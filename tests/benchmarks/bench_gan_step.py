@@ -65,11 +65,6 @@ def jax_worker(a) -> dict:
 
     configure_jax(a.cache)  # persistent compilation cache (+ XLA:CPU flags)
     import jax
-    import numpy as np
-
-    from bioaug.gan.devices import make_mesh, shardings
-    from bioaug.gan.state import init_train_state
-    from bioaug.gan.step import cached_train_step, step_hyperparams
 
     sys.path.insert(0, str(HERE.parents[1]))  # tests/: the reference gan section
     from gan_reference import gan_config
@@ -87,22 +82,7 @@ def jax_worker(a) -> dict:
         diffaugment=[],
         seed=0,
     )
-    mesh = make_mesh()
-    g_def, d_def, state = init_train_state(cfg, mesh)
-    step = cached_train_step(cfg, tuple(range(CLASSES)), mesh)
-    rng = np.random.default_rng(0)
-    rep, bat = shardings(mesh)
-    x = jax.device_put(rng.random((BATCH, res, res, CHANNELS), dtype=np.float32), bat)
-    y = jax.device_put(rng.integers(0, CLASSES, BATCH).astype(np.int32), bat)
-    hyper = jax.device_put(step_hyperparams(cfg), rep)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, x, y, hyper).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    state = step(state, x, y, hyper)
-    jax.block_until_ready(state)
+    g_def, step, state, (x, y, hyper), compile_s, flops = compiled_step(cfg)
     times = []
     t_end = time.perf_counter() + a.seconds
     while time.perf_counter() < t_end or len(times) < a.min_steps:
@@ -129,6 +109,37 @@ def jax_worker(a) -> dict:
         out.update(loader_bench(cfg, a))
         out.update(generation_bench(cfg, g_def, state, a))
     return out
+
+
+def compiled_step(cfg):
+    """The GAN's real train step for `cfg` on a random batch, compiled (timed, with XLA's FLOP
+    count) and run once: (g_def, step, state, (x, y, hyper), compile_s, flops per step).
+    Also used by gpu_check.py."""
+    import jax
+    import numpy as np
+
+    from bioaug.gan.devices import make_mesh, shardings
+    from bioaug.gan.state import init_train_state
+    from bioaug.gan.step import cached_train_step, step_hyperparams
+
+    mesh = make_mesh()
+    g_def, _, state = init_train_state(cfg, mesh)
+    step = cached_train_step(cfg, tuple(range(cfg.n_classes)), mesh)
+    rng = np.random.default_rng(0)
+    rep, bat = shardings(mesh)
+    shape = (cfg.batch_size, cfg.tile_size, cfg.tile_size, cfg.channels)
+    x = jax.device_put(rng.random(shape, dtype=np.float32), bat)
+    y = jax.device_put(rng.integers(0, cfg.n_classes, cfg.batch_size).astype(np.int32), bat)
+    hyper = jax.device_put(step_hyperparams(cfg), rep)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, x, y, hyper).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    state = step(state, x, y, hyper)
+    jax.block_until_ready(state)
+    return g_def, step, state, (x, y, hyper), compile_s, flops
 
 
 def loader_bench(cfg, a) -> dict:

@@ -39,6 +39,7 @@ import yaml
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO / "workflow"))
+sys.path.insert(0, str(HERE.parent))  # bench_gan_step (the compiled step, shared)
 
 # Dense peak TFLOP/s by device kind (vendor data sheets): {dtype: peak}. fp32 is the
 # non-tensor-core rate (XLA uses TF32 tensor cores for fp32 matmuls only when allowed).
@@ -75,30 +76,12 @@ def gan_section(config: dict) -> dict:
 # ----------------------------------------------------------------------------- GAN step
 def time_gan_step(section: dict, tile: int, channels: int, n_classes: int, n_steps: int, peak) -> dict:
     import jax
-    import numpy as np
+    from bench_gan_step import compiled_step
 
     from bioaug.gan import GanConfig
-    from bioaug.gan.devices import make_mesh, shardings
-    from bioaug.gan.state import init_train_state
-    from bioaug.gan.step import cached_train_step, step_hyperparams
 
     cfg = GanConfig.from_section(section, tile, channels, n_classes)
-    mesh = make_mesh()
-    _, _, state = init_train_state(cfg, mesh)
-    step = cached_train_step(cfg, tuple(range(n_classes)), mesh)
-    rep, bat = shardings(mesh)
-    rng = np.random.default_rng(0)
-    x = jax.device_put(rng.random((cfg.batch_size, tile, tile, channels), dtype=np.float32), bat)
-    y = jax.device_put(rng.integers(0, n_classes, cfg.batch_size).astype(np.int32), bat)
-    hyper = jax.device_put(step_hyperparams(cfg), rep)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, x, y, hyper).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    state = step(state, x, y, hyper)
-    jax.block_until_ready(state)
+    _, step, state, (x, y, hyper), compile_s, flops = compiled_step(cfg)
     times = []
     for _ in range(n_steps):
         t = time.perf_counter()
