@@ -38,9 +38,13 @@ def imagej_missing() -> bool:
 APT_LOCK = Path(tempfile.gettempdir()) / "bioaug-apt.lock"  # apt-get runs one at a time (flock)
 
 
+def collected_modules(session) -> set:
+    return {item.module for item in session.items if hasattr(item, "module")}
+
+
 def pytest_collection_finish(session):
     # A test module with start_early() (test_slurm.py: the cluster) starts its slow set-up now.
-    for module in {item.module for item in session.items if hasattr(item, "module")}:
+    for module in collected_modules(session):
         if hasattr(module, "start_early"):
             module.start_early()
     if not any(Path(str(item.fspath)).name in READER_TESTS for item in session.items):
@@ -59,7 +63,7 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session):
-    for module in {item.module for item in session.items if hasattr(item, "module")}:
+    for module in collected_modules(session):
         if hasattr(module, "finish_early"):
             module.finish_early()
 

@@ -3,6 +3,7 @@ a PyTorch state dict converted to .npz under torchvision's names)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import jax
@@ -48,6 +49,16 @@ def test_a_bioaug_model_folder_initialises_every_matching_tensor(tmp_path):
     report = load_initial_weights(fresh, tmp_path / "model")
     assert report["kept"] == [] and len(report["loaded"]) == len(weights_of(fresh))
     np.testing.assert_allclose(logits(fresh, x), logits(source, x), rtol=1e-5, atol=1e-5)
+
+    meta_path = tmp_path / "model" / "meta.json"  # a folder from before weight names were saved
+    meta_path.write_text(
+        json.dumps({k: v for k, v in json.loads(meta_path.read_text()).items() if k != "weight_names"})
+    )
+    by_order = resnet(seed=6)
+    assert load_initial_weights(by_order, tmp_path / "model")["kept"] == []
+    np.testing.assert_allclose(logits(by_order, x), logits(source, x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(BioaugError, match=r"holds \d+ tensors, the network has \d+"):
+        load_initial_weights(resnet(blocks=(1, 1, 1)), tmp_path / "model")
 
     other_head = resnet(n_classes=5, seed=5)  # another dataset's classes: the head stays fresh
     before = weights_of(other_head)

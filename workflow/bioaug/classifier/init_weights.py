@@ -75,13 +75,15 @@ def to_bioaug_layout(name: str, array: np.ndarray) -> np.ndarray:
 
 
 def read_source(path: Path) -> tuple[dict[str, np.ndarray], str]:
-    """The arrays of the file by name, and which naming they use ("bioaug" | "torch")."""
+    """The arrays of the file by name (a list in leaf order for an old bioaug folder), and which
+    naming they use ("bioaug" | "torch")."""
     try:
         if path.is_dir():
             meta = json.loads((path / "meta.json").read_text())
             with np.load(path / "state.npz") as z:
                 arrays = [z[f"arr_{i}"] for i in range(len(z.files))]
-            return dict(zip(meta["weight_names"], arrays)) if "weight_names" in meta else {"": arrays}, "bioaug"
+            # a folder written before weight names were saved: its arrays in leaf order (a list)
+            return (dict(zip(meta["weight_names"], arrays)) if "weight_names" in meta else arrays), "bioaug"
         with np.load(path, allow_pickle=False) as z:  # an .npy gives an array: no context manager
             return {k: z[k] for k in z.files if not k.endswith("num_batches_tracked")}, "torch"
     except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as err:
@@ -97,11 +99,10 @@ def load_initial_weights(model, path) -> dict[str, list[str]]:
     source, naming = read_source(path)
     state = weight_state(model)
     weights = flat_weights(state)
-    if naming == "bioaug" and "" in source:  # a folder from before names were saved: by order
-        arrays = source[""]
-        if len(arrays) != len(weights):
-            raise BioaugError(f"{KEY}: {path} holds {len(arrays)} tensors, the network has {len(weights)}")
-        source = dict(zip(weights, arrays))
+    if isinstance(source, list):  # an old bioaug folder: by leaf order, as load_classifier reads it
+        if len(source) != len(weights):
+            raise BioaugError(f"{KEY}: {path} holds {len(source)} tensors, the network has {len(weights)}")
+        source = dict(zip(weights, source))
     loaded, kept = [], []
     for name, var in weights.items():
         key = name if naming == "bioaug" else torch_name(name, model)
