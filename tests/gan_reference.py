@@ -23,6 +23,7 @@ REFERENCE_GAN: dict = {
     "spectral_norm": True,
     "conditional_bn": False,
     "diffaugment": ["color", "translation", "cutout"],
+    "real_symmetry": "none",
     "ema_half_life_steps": 50.0,
     "checkpoint_every": 250,
     "log_every": 50,

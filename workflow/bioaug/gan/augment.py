@@ -7,6 +7,12 @@ keeps D from memorising a small training set without leaking augmentations into 
 With a probability `p` (adaptive augmentation, StyleGAN2-ADA), each listed augmentation is
 applied to each image independently with probability p, so p = 0 is the identity and
 p = 1 the plain DiffAugment.
+
+`random_dihedral` is not a DiffAugment: it is a dataset augmentation of the real tiles only
+(StyleGAN2-ADA's --mirror, extended to the 8 symmetries of the square), right where a tile's
+orientation carries no information (cells lying anywhere in a field). It multiplies the
+real set D sees by up to 8 and G must draw every orientation, since the fakes are not
+flipped.
 """
 
 from __future__ import annotations
@@ -61,6 +67,21 @@ def rand_cutout(x: jax.Array, key: jax.Array, ratio: float = CUTOUT_RATIO) -> ja
     xx = jnp.arange(w).reshape(1, 1, w, 1)
     inside = (yy >= y0) & (yy < y0 + ch) & (xx >= x0) & (xx < x0 + cw)
     return jnp.where(inside, jnp.zeros((), x.dtype), x)
+
+
+def random_dihedral(x: jax.Array, key: jax.Array) -> jax.Array:
+    """Each square image (NHWC) under one of the 8 rotations / reflections of the square,
+    drawn uniformly per image: a left-right flip, an up-down flip and a transpose, each with
+    probability 1/2 (their 8 combinations are the dihedral group, each equally likely)."""
+    if x.shape[1] != x.shape[2]:
+        raise ValueError(f"random_dihedral needs square images, got {x.shape[1]}x{x.shape[2]}")
+    flips = jax.random.bernoulli(key, 0.5, (3, x.shape[0], 1, 1, 1))
+    x = jnp.where(flips[0], x[:, :, ::-1], x)
+    x = jnp.where(flips[1], x[:, ::-1], x)
+    return jnp.where(flips[2], jnp.swapaxes(x, 1, 2), x)
+
+
+SYMMETRIES = ("none", "dihedral")
 
 
 _FUNCS = {"color": rand_color, "translation": rand_translation, "cutout": rand_cutout}

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 
 from . import losses
-from .augment import diff_augment
+from .augment import diff_augment, random_dihedral
 from .config import GanConfig
 from .devices import shardings
 from .input_pipeline import same_class_pair_distance
@@ -131,6 +131,7 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray, mesh: jax
     ada = bool(cfg.ada) and bool(policy)
     use_r1, use_lecam = cfg.r1_gamma > 0, cfg.lecam_weight > 0
     use_ms = cfg.mode_seeking_weight > 0
+    dihedral = cfg.real_symmetry == "dihedral"
     classes = jnp.asarray(classes, jnp.int32)
     z_dim, kind = cfg.z_dim, cfg.loss
     if mesh is not None:
@@ -169,6 +170,8 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray, mesh: jax
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
         k_fake_d, k_aug_d, k_fake_g, k_aug_g = jax.random.split(key, 4)
         real = real_x * 2.0 - 1.0
+        if dihedral:  # its own key: the other draws stay those of a run without it
+            real = random_dihedral(real, jax.random.fold_in(key, 11))
         p = state["aug_p"]
         step_no = state["step"] + 1
         g_params, g_stats = state["g"]["params"], state["g"]["batch_stats"]
