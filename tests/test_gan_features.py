@@ -21,7 +21,7 @@ from bioaug.gan import devices as D
 from bioaug.gan import state as ST
 from bioaug.gan import step as S
 from bioaug.gan import train_gan
-from bioaug.gan.augment import diff_augment
+from bioaug.gan.augment import diff_augment, random_dihedral
 from bioaug.gan.input_pipeline import ArrayTiles, BatchLoader, ShardedTiles, class_balanced_indices, gather_batch
 from bioaug.gan.ops import conv2d, upsample2x, upsample_conv3x3
 from gan_reference import gan_config, gan_section
@@ -111,6 +111,31 @@ def test_conv2d_matches_lax_conv(cin, k, stride, pad):
 
 
 # ----------------------------------------------------------------------------- ADA
+def test_random_dihedral_draws_each_of_the_8_symmetries_alike():
+    img = np.arange(9, dtype=np.float32).reshape(1, 3, 3, 1)  # no symmetry of its own
+    group = {np.rot90(f, k).tobytes() for f in (img[0, ..., 0], img[0, ::-1, :, 0]) for k in range(4)}
+    out = np.asarray(random_dihedral(jnp.repeat(jnp.asarray(img), 8000, 0), jax.random.key(1)))[..., 0]
+    seen, counts = np.unique(out.reshape(8000, -1), axis=0, return_counts=True)
+    assert {np.ascontiguousarray(r.reshape(3, 3)).tobytes() for r in seen} == group
+    assert counts.min() > 8000 / 8 * 0.85 and counts.max() < 8000 / 8 * 1.15
+    with pytest.raises(ValueError, match="square"):
+        random_dihedral(jnp.zeros((2, 4, 3, 1)), jax.random.key(0))
+
+
+def test_real_symmetry_acts_on_the_real_tiles_only():
+    """With tiles that are their own rotations the dihedral option changes nothing (its draws
+    come from their own key, so D, G and the fakes see exactly what they saw without it);
+    with asymmetric tiles it does change the step."""
+    tiles, labels = _data()
+    # the max over the 8 symmetries of each tile is exactly invariant under all of them
+    sym = np.max([np.rot90(f, k, axes=(1, 2)) for f in (tiles, tiles[:, ::-1]) for k in range(4)], axis=0)
+    assert np.array_equal(sym, np.rot90(sym, 1, axes=(1, 2))) and np.array_equal(sym, sym[:, ::-1])
+    rows = {k: _steps({"real_symmetry": k}, 3, (sym, labels))[2] for k in ("none", "dihedral")}
+    np.testing.assert_array_equal(rows["none"], rows["dihedral"])
+    rows = {k: _steps({"real_symmetry": k}, 3, (tiles, labels))[2] for k in ("none", "dihedral")}
+    assert not np.allclose(rows["none"][:, 0], rows["dihedral"][:, 0])  # D's loss saw other reals
+
+
 def test_diffaugment_probability():
     x = jax.random.uniform(jax.random.key(0), (64, 16, 16, 1), minval=-1, maxval=1)
     k = jax.random.key(4)
