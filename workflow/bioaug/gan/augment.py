@@ -81,9 +81,6 @@ def random_dihedral(x: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.where(flips[2], jnp.swapaxes(x, 1, 2), x)
 
 
-SYMMETRIES = ("none", "dihedral")
-
-
 _FUNCS = {"color": rand_color, "translation": rand_translation, "cutout": rand_cutout}
 
 
