@@ -22,6 +22,7 @@ REFERENCE_GAN: dict = {
     "loss": "hinge",
     "spectral_norm": True,
     "conditional_bn": False,
+    "g_output": "tanh",
     "diffaugment": ["color", "translation", "cutout"],
     "real_symmetry": "none",
     "ema_half_life_steps": 50.0,

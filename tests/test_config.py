@@ -35,6 +35,23 @@ def test_default_config_passes():
     validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
 
 
+def test_hard_preset_is_config_yaml_with_a_harder_dataset():
+    """presets/hard.yaml validates and differs from config.yaml only in its dataset: the key, the
+    three builtin knobs that make it harder, its size and its own split fractions (so every
+    global stage setting, the GAN's included, is the demo's)."""
+    demo = yaml.safe_load((REPO / "config.yaml").read_text())
+    hard = yaml.safe_load((REPO / "presets" / "hard.yaml").read_text())
+    validate_config(copy.deepcopy(hard))
+    assert list(hard["datasets"]) == ["hard"]
+    ds = hard["datasets"]["hard"]
+    knobs = {k: ds["builtin"].pop(k) for k in ("separation", "signal", "blur")}
+    assert 0 < knobs["separation"] < 1 and 0 < knobs["signal"] < 1 and knobs["blur"][0] > 1.0, knobs
+    assert ds["builtin"].pop("n_images") > demo["datasets"]["demo"]["builtin"].pop("n_images")
+    assert set(ds.pop("split")) == {"fractions"}
+    assert ds == demo["datasets"]["demo"]
+    assert {k: v for k, v in hard.items() if k != "datasets"} == {k: v for k, v in demo.items() if k != "datasets"}
+
+
 def test_config_yaml_writes_exactly_the_schema_defaults():
     """config.yaml documents the defaults: every value it gives is the schema's default, so a
     key left out of a user's config behaves as config.yaml says."""
@@ -127,6 +144,15 @@ def test_dataset_overrides_stay_sparse():
         (lambda c: c["datasets"]["tiny"].pop("format"), "datasets.tiny"),  # missing required key
         (lambda c: c["datasets"]["tiny"].update(tiles={"sizee": 8}), "sizee"),  # unknown key in an override
         (lambda c: c["datasets"]["tiny"].update(gan={"lr_d": "fast"}), "datasets.tiny.gan.lr_d"),
+        (lambda c: c["datasets"]["tiny"]["builtin"].update(separation=0), "datasets.tiny.builtin.separation"),
+        (lambda c: c["datasets"]["tiny"]["builtin"].update(separation=1.2), "datasets.tiny.builtin.separation"),
+        (lambda c: c["datasets"]["tiny"]["builtin"].update(separation="low"), "datasets.tiny.builtin.separation"),
+        (lambda c: c["datasets"]["tiny"]["builtin"].update(signal=0), "datasets.tiny.builtin.signal"),
+        (lambda c: c["datasets"]["tiny"]["builtin"].update(signal=-0.5), "datasets.tiny.builtin.signal"),
+        (lambda c: c["datasets"]["tiny"]["builtin"].update(blur=[1.0]), "datasets.tiny.builtin.blur"),
+        (lambda c: c["datasets"]["tiny"]["builtin"].update(blur=[0, 1.0]), "datasets.tiny.builtin.blur"),
+        (lambda c: c["datasets"]["tiny"]["builtin"].update(blur=[1.0, 50]), "datasets.tiny.builtin.blur"),
+        (lambda c: c["datasets"]["tiny"]["builtin"].update(blurr=[1, 2]), "blurr"),  # unknown key
     ],
 )
 def test_schema_errors_name_the_key(mutate, key):
@@ -183,6 +209,7 @@ def test_schema_errors_stop_snakemake_before_any_job(tmp_path, mutate, expected)
             lambda c: c["datasets"]["tiny"]["builtin"].update(cells_per_image=[9, 2]),
             "datasets.tiny.builtin.cells_per_image",
         ),
+        (lambda c: c["datasets"]["tiny"]["builtin"].update(blur=[2.0, 1.0]), "datasets.tiny.builtin.blur"),
         (lambda c: c["datasets"]["tiny"].update(gan={"g_channels": [8]}), "datasets.tiny.gan.g_channels"),
         (
             lambda c: c["datasets"]["tiny"].update(tiles={"size": 32}),

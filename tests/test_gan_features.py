@@ -281,6 +281,39 @@ def test_conditional_bn_and_mode_seeking_train_and_sample(tmp_path):
     assert with_ms[0, 1] > plain[0, 1]
 
 
+def test_linear_output_is_the_same_network_without_its_tanh(tmp_path):
+    """g_output: linear drops only the last tanh (same parameters from the same key); its raw
+    output leaves [-1, 1], the exported generator samples within [0, 1] and remembers it."""
+    from flax import nnx
+
+    from bioaug.gan import load_generator, sample_tiles
+    from bioaug.gan.networks import build_networks
+
+    key = jax.random.key(0)
+    g_tanh, _ = build_networks(gan_config(16, 1, 3, **TINY), key)
+    g_lin, _ = build_networks(gan_config(16, 1, 3, **TINY, g_output="linear"), key)
+    z, y = jax.random.normal(jax.random.key(1), (8, TINY["z_dim"])), jnp.arange(8) % 3
+    raw = g_lin(z, y, train=False)
+    np.testing.assert_allclose(np.tanh(np.asarray(raw)), np.asarray(g_tanh(z, y, train=False)), atol=1e-6)
+    with pytest.raises(ValueError, match="output"):
+        build_networks(gan_config(16, 1, 3, **TINY, g_output="sigmoid"), key)
+    # trained a few steps with the raw output too wide for the data: samples are clipped
+    g_lin.out.bias[...] = jnp.full_like(g_lin.out.bias[...], 3.0)
+    assert float(g_lin(z, y, train=False).max()) > 1.0
+    assert nnx.graphdef(g_lin) != nnx.graphdef(g_tanh)
+    tiles, labels = _data()
+    res = train_gan(
+        tiles, labels, ["a", "b", "c"], gan_section(**{**TINY, "steps": 4, "g_output": "linear"}),
+        checkpoint_root=tmp_path / "ck", generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
+        samples_png=tmp_path / "s.png",
+    )  # fmt: skip
+    assert res["steps_done"] == 4 and np.isfinite(res["g_loss"])
+    gen = load_generator(tmp_path / "gen")
+    assert gen.meta["g_output"] == "linear"
+    x = sample_tiles(gen, 0, np.arange(64))
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.std() > 0
+
+
 # ----------------------------------------------------------------------------- input
 def test_sharded_tiles_and_loader(tmp_path):
     rng = np.random.default_rng(0)

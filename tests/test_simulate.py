@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from bioaug.simulate import class_counts, simulate_dataset
+from bioaug.simulate import Imaging, class_counts, simulate_dataset
 
 DEFAULT_FRACTIONS = {"interphase": 0.70, "elongated": 0.17, "mitotic": 0.10, "apoptotic": 0.03}
 # Over-represent the rare classes so the appearance checks have enough cells of each.
@@ -231,6 +231,123 @@ def test_cytoplasm_size_and_brightness(look_ds):
     assert stats["apoptotic"][0] < 0.8 * stats["interphase"][0], stats
     # total cytoplasm signal in a 15x15 window: the shrunken apoptotic cell has far less
     assert stats["apoptotic"][1] < 0.5 * stats["interphase"][1], stats
+
+
+# --------------------------------------------------------------------------- the harder look
+
+
+def _class_stats(out, df):
+    """Per class, above background: mean centre nucleus signal, brightest nucleus pixel near
+    the centre, cytoplasm aspect ratio (second moments), cytoplasm signal in a 15 x 15 window."""
+    imgs = _load(out, df)
+    stats = {}
+    for label, grp in df.groupby("label"):
+        nuc, aspect, cyt, peak = [], [], [], []
+        for r in grp.itertuples():
+            img = imgs[r.image]
+            y, x = int(round(r.y)), int(round(r.x))
+            nuc.append(_centre_mean(img, r.x, r.y) - np.median(img[0]))
+            aspect.append(1.0 / math.sqrt(1.0 - _eccentricity(img, r.x, r.y) ** 2))  # aspect ratio
+            cyt.append((img[1][y - 7 : y + 8, x - 7 : x + 8] - np.median(img[1])).mean())
+            peak.append(img[0][y - 4 : y + 5, x - 4 : x + 5].max() - np.median(img[0]))
+        stats[label] = {"nuc": np.mean(nuc), "aspect": np.mean(aspect), "cyt": np.mean(cyt), "peak": np.mean(peak)}
+    return stats
+
+
+@pytest.fixture(scope="module")
+def subtle_ds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("subtle")
+    df = simulate_dataset(
+        out, n_images=24, image_size=256, cells_per_image=[8, 14], class_fractions=LOOK_FRACTIONS, seed=3,
+        imaging=Imaging(separation=0.4),
+    )  # fmt: skip
+    return out, df
+
+
+def test_default_imaging_is_the_demo_byte_for_byte(tmp_path):
+    """Imaging() given or not, and an explicit copy of its defaults: the same files."""
+    runs = {
+        "none": None,
+        "default": Imaging(),
+        "explicit": Imaging(separation=1.0, signal=1.0, blur=(0.7, 1.0)),
+        "other": Imaging(signal=0.99),
+    }
+    blobs = {}
+    for name, look in runs.items():
+        _run(tmp_path / name, n_images=2, image_size=96, cells_per_image=(3, 5), imaging=look)
+        blobs[name] = [(tmp_path / name / f"images/field_{i:04d}.tif").read_bytes() for i in range(2)]
+    assert blobs["none"] == blobs["default"] == blobs["explicit"]
+    assert blobs["other"] != blobs["none"]  # the comparison can fail
+
+
+def test_separation_moves_every_phenotype_towards_interphase(look_ds, subtle_ds):
+    """The same seed at separation 1 and 0.4 (same labels; placement follows the sizes): the
+    traits that tell a class from interphase shrink, while interphase cells do not change."""
+    full, subtle = _class_stats(*look_ds), _class_stats(*subtle_ds)
+    assert look_ds[1]["label"].tolist() == subtle_ds[1]["label"].tolist()
+    gap = {
+        ("elongated", "aspect"): lambda s: s["elongated"]["aspect"] - s["interphase"]["aspect"],
+        ("apoptotic", "peak"): lambda s: s["apoptotic"]["peak"] / s["interphase"]["peak"],
+        ("mitotic", "cyt"): lambda s: s["mitotic"]["cyt"] / s["interphase"]["cyt"],
+        ("apoptotic", "cyt"): lambda s: s["interphase"]["cyt"] / s["apoptotic"]["cyt"],
+    }
+    for key, f in gap.items():
+        assert f(subtle) < f(full), (key, f(subtle), f(full))
+    assert 0.3 < gap[("elongated", "aspect")](subtle) < 0.7 * gap[("elongated", "aspect")](full)
+    # fragments of condensed chromatin: still brighter than an interphase nucleus, much less so
+    assert 1.2 < gap[("apoptotic", "peak")](subtle) < 0.8 * gap[("apoptotic", "peak")](full)
+    # still the phenotypes, only less so: each class keeps its direction from interphase
+    assert subtle["apoptotic"]["cyt"] < subtle["interphase"]["cyt"] < subtle["mitotic"]["cyt"]
+    np.testing.assert_allclose(subtle["interphase"]["nuc"], full["interphase"]["nuc"], rtol=0.02)
+
+
+def test_signal_scales_the_stain_not_the_noise_floor(tmp_path):
+    """A quarter of the photons: a quarter of the signal above background, the background
+    level and its noise about as before, so the signal-to-noise ratio falls."""
+    out = {}
+    for name, look in {"bright": Imaging(), "dim": Imaging(signal=0.25)}.items():
+        df = _run(tmp_path / name, n_images=4, image_size=128, cells_per_image=(4, 6), imaging=look)
+        imgs = _load(tmp_path / name, df)
+        nuc = np.mean([_centre_mean(imgs[r.image], r.x, r.y) - np.median(imgs[r.image][0]) for r in df.itertuples()])
+        corner = np.concatenate([img[:, :6, :6].ravel() for img in imgs.values()])  # cells stay 10 px in
+        out[name] = (nuc, np.median([np.median(img) for img in imgs.values()]), corner)
+    (nb, bgb, cb), (nd, bgd, cd) = out["bright"], out["dim"]
+    assert 0.2 < nd / nb < 0.3, (nd, nb)
+    assert abs(bgd - bgb) < 0.25 * bgb, (bgd, bgb)
+    assert nd / cd.std() < 0.4 * nb / cb.std()
+
+
+def test_blur_softens_the_field(tmp_path):
+    """A wider PSF: lower peaks, less pixel-to-pixel contrast in the cells (same cells)."""
+    peaks, grad = {}, {}
+    for name, look in {"sharp": Imaging(blur=(0.7, 0.7)), "soft": Imaging(blur=(2.0, 2.0))}.items():
+        _run(tmp_path / name, n_images=2, image_size=128, cells_per_image=(5, 5), imaging=look)
+        img = tifffile.imread(tmp_path / name / "images/field_0000.tif").astype(np.float64)
+        peaks[name] = np.percentile(img[0], 99.9)
+        grad[name] = np.abs(np.diff(img[1], axis=1))[img[1][:, 1:] > np.percentile(img[1], 90)].mean()
+    assert peaks["soft"] < 0.8 * peaks["sharp"], peaks
+    assert grad["soft"] < 0.8 * grad["sharp"], grad
+
+
+@pytest.mark.parametrize(
+    "kw, word",
+    [
+        ({"separation": 0}, "separation"),
+        ({"separation": 1.5}, "separation"),
+        ({"separation": float("nan")}, "separation"),
+        ({"signal": 0}, "signal"),
+        ({"signal": -1}, "signal"),
+        ({"signal": True}, "signal"),
+        ({"blur": (1.0, 0.5)}, "blur"),
+        ({"blur": (0, 1.0)}, "blur"),
+        ({"blur": (1.0, 20)}, "blur"),
+        ({"blur": 1.0}, "blur"),
+        ({"blur": ("a", "b")}, "blur"),
+    ],
+)
+def test_invalid_imaging(kw, word):
+    with pytest.raises(ValueError, match=word):
+        Imaging(**kw)
 
 
 # --------------------------------------------------------------------------- validation

@@ -117,6 +117,9 @@ def check_config(config: dict) -> None:
             lo, hi = dcfg["builtin"]["cells_per_image"]
             if lo > hi:
                 raise BioaugError(f"{where}.builtin.cells_per_image: minimum {lo} is above maximum {hi}")
+            blur = dcfg["builtin"].get("blur")
+            if blur is not None and blur[0] > blur[1]:
+                raise BioaugError(f"{where}.builtin.blur: minimum {blur[0]} is above maximum {blur[1]}")
 
         def key(section: str, name: str, dcfg=dcfg, where=where) -> str:
             """Where a value came from: the dataset's override or the global section."""

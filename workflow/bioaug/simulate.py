@@ -22,12 +22,21 @@ smooth per-field uneven illumination, autofluorescence background plus a camera 
 Poisson shot noise and Gaussian read noise. Pixel sizes are fixed (a larger field shows a
 larger field of view, not bigger cells), so the pipeline's 32 px tiles fit every cell.
 
+Three knobs make the task harder the way real samples are (``Imaging``; their defaults are
+the demo, byte for byte): ``separation`` moves the three known phenotypes towards interphase
+(aspect ratio and nucleus shape of elongated cells, chromatin brightness and cell size of
+mitotic ones, shrinkage, dimming and fragment brightness of apoptotic ones), as in early or
+ambiguous stages; ``signal`` scales every fluorophore's photon yield (a dim stain or a short
+exposure: shot and read noise stay, so the signal-to-noise ratio falls); ``blur`` is the range
+of the optical blur's sigma in px (a defocused or lower-NA acquisition).
+
 Everything is drawn from one ``numpy.random.default_rng(seed)``: the same arguments give
 byte-identical files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -36,7 +45,7 @@ import pandas as pd
 import tifffile
 from scipy.ndimage import gaussian_filter
 
-__all__ = ["simulate_dataset", "class_counts", "KNOWN_CLASSES"]
+__all__ = ["simulate_dataset", "class_counts", "KNOWN_CLASSES", "Imaging"]
 
 KNOWN_CLASSES = ("interphase", "elongated", "mitotic", "apoptotic")
 
@@ -48,6 +57,42 @@ _CAMERA_OFFSET = 400.0
 _GAIN = 2.0  # ADU per photo-electron
 _READ_NOISE = 25.0  # ADU
 _BORDER = 10  # minimum distance of a cell centre from the field edge, px
+
+
+@dataclasses.dataclass(frozen=True)
+class Imaging:
+    """How distinct the phenotypes are and how the microscope sees them (defaults: the demo).
+
+    separation: 1 = the phenotypes as described above; towards 0 each known phenotype's
+        distinguishing traits move linearly towards those of an interphase cell (0 excluded).
+    signal: photon yield of every fluorophore relative to the demo's (background and camera
+        noise unchanged).
+    blur: (lo, hi) sigma in px of the Gaussian optical blur, drawn per field.
+    """
+
+    separation: float = 1.0
+    signal: float = 1.0
+    blur: tuple[float, float] = (0.7, 1.0)
+
+    def __post_init__(self):
+        for name in ("separation", "signal"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if self.separation > 1:
+            raise ValueError(f"separation must be in (0, 1], got {self.separation!r}")
+        try:
+            lo, hi = (float(b) for b in self.blur)
+        except (TypeError, ValueError):
+            raise ValueError(f"blur must be a pair [lo, hi] of sigmas in px, got {self.blur!r}") from None
+        if not (0 < lo <= hi <= 10):
+            raise ValueError(f"blur must satisfy 0 < lo <= hi <= 10 (px), got {self.blur!r}")
+
+    def toward_interphase(self, value, interphase_value):
+        """A phenotype's trait at this separation (exactly `value` at 1, so the demo is unchanged)."""
+        if self.separation == 1:
+            return value
+        return interphase_value + self.separation * (np.asarray(value) - interphase_value)
 
 
 # --------------------------------------------------------------------------- validation
@@ -125,8 +170,12 @@ def _angular(rng, n_modes: int, amp: float) -> np.ndarray:
     return np.stack([ks, amps, phases], axis=1)
 
 
-def _draw_cell(kind: str, class_index: int, rng: np.random.Generator) -> dict:
-    """Draw the shape/brightness parameters of one cell. ``bound`` is its footprint radius."""
+def _draw_cell(kind: str, class_index: int, rng: np.random.Generator, look: Imaging = Imaging()) -> dict:
+    """Draw the shape/brightness parameters of one cell. ``bound`` is its footprint radius.
+
+    The parameters are drawn the same way whatever ``look`` says; its separation only maps
+    them (so the demo's fields are unchanged by the knob's existence)."""
+    mix = look.toward_interphase
     p: dict = {"kind": kind, "vn": float(np.exp(rng.normal(0, 0.15))), "vc": float(np.exp(rng.normal(0, 0.18)))}
     if kind == "interphase":
         a = rng.uniform(7.0, 9.0)
@@ -147,7 +196,7 @@ def _draw_cell(kind: str, class_index: int, rng: np.random.Generator) -> dict:
         p["bound"] = a
     elif kind == "elongated":
         b = rng.uniform(3.8, 4.8)
-        a = b * rng.uniform(2.5, 3.5)
+        a = b * mix(rng.uniform(2.5, 3.5), 1.9)  # interphase: radius ~8, so b * 1.9
         th = rng.uniform(0, np.pi)
         p.update(
             cyto=(a, b, th),
@@ -159,7 +208,7 @@ def _draw_cell(kind: str, class_index: int, rng: np.random.Generator) -> dict:
             bend=rng.normal(0, 0.012),
         )
         p.update(
-            nuc=(rng.uniform(5.2, 6.5), rng.uniform(2.4, 3.0), th + rng.normal(0, 0.06)),
+            nuc=(mix(rng.uniform(5.2, 6.5), 4.5), mix(rng.uniform(2.4, 3.0), 4.1), th + rng.normal(0, 0.06)),
             nuc_amp=_NUC0 * 0.95,
             nuc_tex=0.15,
             nucleoli=[],
@@ -167,13 +216,13 @@ def _draw_cell(kind: str, class_index: int, rng: np.random.Generator) -> dict:
         p["bound"] = 0.55 * a + 0.45 * b + 1.0
     elif kind == "mitotic":
         ana = bool(rng.random() < 0.45)
-        r = rng.uniform(6.0, 7.0)
+        r = mix(rng.uniform(6.0, 7.0), 8.0)
         asp = rng.uniform(1.2, 1.35) if ana else rng.uniform(1.0, 1.08)
         th = rng.uniform(0, np.pi)  # spindle axis
         p.update(
             cyto=(r * asp, r, th),
             cyto_pert=_angular(rng, 3, 0.02),
-            cyto_amp=_CYT0 * rng.uniform(1.6, 1.9),
+            cyto_amp=_CYT0 * mix(rng.uniform(1.6, 1.9), 1.0),
             cyto_edge=0.6,
             anaphase=ana,
             spindle=th,
@@ -181,22 +230,24 @@ def _draw_cell(kind: str, class_index: int, rng: np.random.Generator) -> dict:
         )
         if ana:
             p.update(
-                sep=rng.uniform(2.4, 3.0),
-                bar=(rng.uniform(3.0, 3.8), rng.uniform(0.8, 1.05)),
-                nuc_amp=_NUC0 * rng.uniform(4.0, 4.8),
+                sep=mix(rng.uniform(2.4, 3.0), 0.0),
+                bar=(mix(rng.uniform(3.0, 3.8), 4.5), mix(rng.uniform(0.8, 1.05), 2.0)),
+                nuc_amp=_NUC0 * mix(rng.uniform(4.0, 4.8), 1.3),
             )
         else:
-            p.update(bar=(rng.uniform(3.6, 4.6), rng.uniform(0.95, 1.3)), nuc_amp=_NUC0 * rng.uniform(4.0, 4.8))
+            bar = (mix(rng.uniform(3.6, 4.6), 4.5), mix(rng.uniform(0.95, 1.3), 4.0))
+            # towards prophase: condensed chromatin in a still round nucleus, twice the DNA
+            p.update(bar=bar, nuc_amp=_NUC0 * mix(rng.uniform(4.0, 4.8), 1.3))
         p["bound"] = r * asp
     elif kind == "apoptotic":
-        r = rng.uniform(4.5, 6.0)
+        r = mix(rng.uniform(4.5, 6.0), 8.0)
         nb = int(rng.integers(2, 5))
         ang = rng.uniform(0, 2 * np.pi, nb)
         rad = r * rng.uniform(0.85, 1.1, nb)
         p.update(
             cyto=(r, r * rng.uniform(0.85, 1.0), rng.uniform(0, np.pi)),
             cyto_pert=_angular(rng, 5, 0.18),
-            cyto_amp=_CYT0 * rng.uniform(0.45, 0.65),
+            cyto_amp=_CYT0 * mix(rng.uniform(0.45, 0.65), 1.0),
             cyto_edge=0.7,
             cyto_tex=0.45,
             blebs=np.stack([rad * np.cos(ang), rad * np.sin(ang), rng.uniform(1.2, 2.2, nb)], axis=1),
@@ -214,7 +265,8 @@ def _draw_cell(kind: str, class_index: int, rng: np.random.Generator) -> dict:
             min_sep *= 0.97  # never loop forever
         sig = rng.uniform(0.45, 0.65, (nd, 1))
         sig[0] = rng.uniform(0.8, 1.0)  # the largest, pyknotic remnant
-        p.update(dots=np.concatenate([dots, sig, _NUC0 * rng.uniform(6.0, 8.0, (nd, 1))], axis=1), nuc_amp=_NUC0 * 0.12)
+        amp = _NUC0 * mix(rng.uniform(6.0, 8.0, (nd, 1)), 1.0)
+        p.update(dots=np.concatenate([dots, sig, amp], axis=1), nuc_amp=_NUC0 * mix(0.12, 1.0))
         p["bound"] = r + 1.5
     else:  # generic look for classes the simulator does not know
         k = class_index
@@ -352,7 +404,9 @@ def _smooth_noise(size: int, sigma: float, rng: np.random.Generator) -> np.ndarr
     return n / max(float(n.std()), 1e-6)
 
 
-def _render_field(cells: list[dict], centres: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def _render_field(
+    cells: list[dict], centres: np.ndarray, size: int, rng: np.random.Generator, look: Imaging = Imaging()
+) -> np.ndarray:
     tn = _smooth_noise(size, 1.0, rng)
     tc = _smooth_noise(size, 2.0, rng)
     field = np.zeros((2, size, size), np.float32)
@@ -378,7 +432,9 @@ def _render_field(cells: list[dict], centres: np.ndarray, size: int, rng: np.ran
 
     # out-of-focus haze and optical blur
     field += 0.08 * gaussian_filter(field, (0, 5.0, 5.0))
-    field = gaussian_filter(field, (0, *([rng.uniform(0.7, 1.0)] * 2)))
+    field = gaussian_filter(field, (0, *([rng.uniform(*look.blur)] * 2)))
+    if look.signal != 1:
+        field = field * np.float32(look.signal)
 
     illum = _illumination(size, rng)
     bg = np.array([rng.uniform(250, 550), rng.uniform(400, 800)], np.float32)[:, None, None]
@@ -399,6 +455,7 @@ def simulate_dataset(
     cells_per_image: tuple[int, int] | list[int],
     class_fractions: dict[str, float],
     seed: int,
+    imaging: Imaging | None = None,
 ) -> pd.DataFrame:
     """Write a simulated 2-channel fluorescence dataset and return its annotation table.
 
@@ -412,9 +469,13 @@ def simulate_dataset(
     ``class_fractions`` (see :func:`class_counts`), every class at least once when there
     are enough cells, labels shuffled over all cells.
 
+    ``imaging`` (default: the demo's) sets how distinct the phenotypes are and how the
+    microscope sees them (see ``Imaging``).
+
     Raises ValueError naming the argument when an argument is invalid.
     """
     lo, hi, fractions = _validate(n_images, image_size, cells_per_image, class_fractions)
+    look = Imaging() if imaging is None else imaging
     n_images, size = int(n_images), int(image_size)
     rng = np.random.default_rng(seed)
 
@@ -433,9 +494,9 @@ def simulate_dataset(
     for i, n in enumerate(per_image):
         lab = labels[start : start + n]
         start += n
-        cells = [_draw_cell(names[k], int(k), rng) for k in lab]
+        cells = [_draw_cell(names[k], int(k), rng, look) for k in lab]
         centres = _place(np.array([c["bound"] for c in cells]), size, rng)
-        img = _render_field(cells, centres, size, rng)
+        img = _render_field(cells, centres, size, rng, look)
         rel = f"images/field_{i:04d}.tif"
         tifffile.imwrite(out_dir / rel, img, photometric="minisblack", metadata={"axes": "CYX"})
         rows.extend((rel, names[k], float(x), float(y)) for k, (x, y) in zip(lab, centres))

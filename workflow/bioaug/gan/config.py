@@ -49,6 +49,7 @@ class GanConfig:
     loss: str  # hinge | nonsaturating
     spectral_norm: bool
     conditional_bn: bool  # class-dependent BN scale/shift in G (off: the reference net)
+    g_output: str  # tanh | linear: G's last activation (linear: clipped only when sampling)
     diffaugment: tuple[str, ...]
     real_symmetry: str  # none | dihedral: random rotations/flips of the real tiles D sees
     ema_half_life_steps: float

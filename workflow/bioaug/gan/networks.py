@@ -180,6 +180,9 @@ class Generator(nnx.Module):
     [nearest 2x, conv3x3, BN, ReLU] per entry of g_channels -> conv3x3 -> tanh.
     With `conditional_bn` every BN also gets a class-dependent scale and shift
     (`ClassBatchNorm`); without it this is the reference network of ../shared/bench.
+    `output="linear"` drops the final tanh (StyleGAN2's linear output, clipped only when
+    sampling): fluorescence tiles are mostly dark background at -1, where tanh saturates and
+    passes D's gradient on at a few percent, so G learns the background last.
     `train=True` normalises with batch statistics (and updates the running ones);
     `train=False` uses the running statistics, so each sample depends only on its (z, y).
     """
@@ -194,8 +197,12 @@ class Generator(nnx.Module):
         rngs: nnx.Rngs,
         dtype=None,
         conditional_bn: bool = False,
+        output: str = "tanh",
     ):
         g_channels = tuple(int(c) for c in g_channels)
+        if output not in G_OUTPUTS:
+            raise ValueError(f"generator output must be one of {G_OUTPUTS}, got {output!r}")
+        self.output = output
         self.dtype = dtype
         self.z_dim, self.n_classes, self.c0 = z_dim, n_classes, g_channels[0]
         self.embed = nnx.Embed(n_classes, z_dim, embedding_init=embed_init, rngs=rngs)
@@ -216,8 +223,8 @@ class Generator(nnx.Module):
         h = jax.nn.relu(self.bn0(h, y, train))
         for block in self.blocks:
             h = block(h, y, train)
-        y = conv2d(h, self.out.kernel[...], 1, 1, self.dtype).astype(jnp.float32)
-        return jnp.tanh(y + self.out.bias[...])
+        y = conv2d(h, self.out.kernel[...], 1, 1, self.dtype).astype(jnp.float32) + self.out.bias[...]
+        return jnp.tanh(y) if self.output == "tanh" else y
 
 
 class DownBlock(nnx.Module):
@@ -265,6 +272,7 @@ class Discriminator(nnx.Module):
 
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+G_OUTPUTS = ("tanh", "linear")
 
 
 def build_networks(cfg: GanConfig, key: jax.Array) -> tuple[Generator, Discriminator]:
@@ -279,6 +287,7 @@ def build_networks(cfg: GanConfig, key: jax.Array) -> tuple[Generator, Discrimin
         rngs=nnx.Rngs(params=kg),
         dtype=dtype,
         conditional_bn=cfg.conditional_bn,
+        output=cfg.g_output,
     )
     d = Discriminator(
         cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm, rngs=nnx.Rngs(params=kd), dtype=dtype

@@ -50,10 +50,14 @@ def _make_seed_forward(graphdef, z_dim: int) -> Callable:
     return jax.jit(lambda params, stats, seeds, y: eval_forward(graphdef, params, stats, z_from_seeds(seeds, z_dim), y))
 
 
-def abstract_generator(z_dim: int, n_classes: int, g_channels, out_channels: int, conditional_bn: bool = False):
+def abstract_generator(
+    z_dim: int, n_classes: int, g_channels, out_channels: int, conditional_bn: bool = False, output: str = "tanh"
+):
     """(graphdef, abstract params, abstract batch stats) without allocating weights."""
     g = nnx.eval_shape(
-        lambda: Generator(z_dim, n_classes, g_channels, out_channels, rngs=nnx.Rngs(0), conditional_bn=conditional_bn)
+        lambda: Generator(
+            z_dim, n_classes, g_channels, out_channels, rngs=nnx.Rngs(0), conditional_bn=conditional_bn, output=output
+        )
     )
     graphdef, params, stats = nnx.split(g, nnx.Param, nnx.BatchStat)
     return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
@@ -188,6 +192,7 @@ def load_generator(generator_dir: Path) -> GeneratorHandle:
             meta["g_channels"],
             int(meta["out_channels"]),
             bool(meta.get("conditional_bn", False)),
+            str(meta.get("g_output", "tanh")),
         )
     except KeyError as e:
         raise BioaugError(f"{meta_path}: missing field {e}") from None

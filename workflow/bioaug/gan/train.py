@@ -287,6 +287,7 @@ def _export(
         "n_classes": cfg.n_classes,
         "g_channels": list(cfg.g_channels),
         "conditional_bn": cfg.conditional_bn,
+        "g_output": cfg.g_output,
         "out_channels": cfg.channels,
         "tile_size": cfg.tile_size,
         "class_names": class_names,

@@ -91,8 +91,13 @@ def fetch_dataset(
 
 
 def _simulate(b: dict, dest: Path) -> None:
-    from ..simulate import simulate_dataset
+    from ..simulate import Imaging, simulate_dataset
 
+    look = Imaging(
+        separation=float(b.get("separation", 1.0)),
+        signal=float(b.get("signal", 1.0)),
+        blur=tuple(float(v) for v in b.get("blur", (0.7, 1.0))),
+    )
     table = simulate_dataset(
         dest,
         n_images=b["n_images"],
@@ -100,6 +105,7 @@ def _simulate(b: dict, dest: Path) -> None:
         cells_per_image=tuple(b["cells_per_image"]),
         class_fractions=dict(b["class_fractions"]),
         seed=b["seed"],
+        imaging=look,
     )
     log.info(
         "simulated %d fields with %d cells: %s", b["n_images"], len(table), table["label"].value_counts().to_dict()
