@@ -272,6 +272,27 @@ def test_each_arm_option_reaches_the_training_step(data, step_calls, arm):
         assert share_rare < 0.1 and all(len(np.unique(e)) == len(e) for e in epochs)  # each tile once an epoch
 
 
+def test_feature_classifier_trains_on_class_balanced_batches(data, step_calls, monkeypatch, tmp_path):
+    """The quality metrics' feature space must separate the rarest class too: the stage draws
+    class-uniform batches (here ~1/3 rare tiles against 5% of the train set)."""
+    import pandas as pd
+
+    from bioaug.stages import feature_classifier as stage
+
+    _, _, vx, vy = data
+    tx, ty = make_tiles(300, np.random.default_rng(9), class_p=[0.8, 0.15, 0.05])
+    rows = pd.DataFrame({"tile_id": [], "item_id": [], "label": [], "split": []})
+    monkeypatch.setattr(stage, "read_items", lambda path: None)
+    monkeypatch.setattr(stage, "class_names", lambda items: NAMES)
+    monkeypatch.setattr(
+        stage, "load_tiles", lambda npys, items, splits: (tx, ty, rows) if splits == ("train",) else (vx, vy, rows)
+    )
+    stage.run("items.csv", [], {**CFG, "epochs": 1}, tmp_path / "fc")
+    epochs = [c["idx"].ravel() for c in step_calls if c["step"] == 0]
+    assert epochs and np.mean(ty[np.concatenate(epochs)] == 2) > 0.25
+    assert (tmp_path / "fc" / "tiles.csv").exists()
+
+
 def test_class_weights_change_the_loss_and_augmentation_the_inputs():
     """The pieces the options switch on: the weighted loss differs from the plain one by the
     weights, and the augmentation returns a flipped / rotated, jittered copy of every tile."""
