@@ -376,3 +376,43 @@ def test_step_budget_is_the_same_for_a_larger_train_set(data, step_calls):
     assert [e["steps"] for e in model.history] == [13, 12]
     first = np.concatenate([c["idx"].ravel() for c in step_calls[:1]])
     assert np.bincount(first, minlength=300).max() <= 2  # each tile at most twice in 13 x 32 draws
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet"])
+def test_bfloat16_compute_learns_and_round_trips(data, tmp_path, arch):
+    """compute_dtype bfloat16: the convolutions run in bfloat16 (it changes the logits), the
+    parameters and BatchNorm statistics stay float32, the model still learns, and a saved
+    model loads back in bfloat16 with the same predictions."""
+    from bioaug.classifier import load_classifier
+
+    tx, ty, vx, vy = data
+    base = RESNET if arch == "resnet" else CFG
+    model = train_classifier(tx, ty, vx, vy, NAMES, {**base, "compute_dtype": "bfloat16"}, seed=0)
+    assert model.history[model.best_epoch - 1]["val_balanced_accuracy"] > 0.8
+    module = model.to_module()
+    assert module.compute_dtype == "bfloat16"
+    leaves = jax.tree.leaves(nnx.state(module, (nnx.Param, nnx.BatchStat)))
+    assert leaves and {leaf.dtype for leaf in leaves} == {jnp.dtype(jnp.float32)}
+    proba = model.predict_proba(vx)
+    assert proba.dtype == np.float32 and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert model.features(vx[:4]).dtype == np.float32
+    # the same weights computed in float32 give different (not just re-rounded) outputs
+    from bioaug.classifier.train import _init_model, network_key
+
+    f32 = _init_model(module.in_channels, module.n_classes, network_key(module), "float32", jax.random.key(1))
+    f32.eval()
+    nnx.update(f32, nnx.state(module, (nnx.Param, nnx.BatchStat)))
+    logits_bf16 = np.asarray(module(jnp.asarray(vx[:16])))
+    logits_f32 = np.asarray(f32(jnp.asarray(vx[:16])))
+    assert not np.array_equal(logits_bf16, logits_f32)
+    np.testing.assert_allclose(logits_bf16, logits_f32, atol=0.25 * np.abs(logits_f32).max())
+    model.save(tmp_path / "m")
+    back = load_classifier(tmp_path / "m")
+    assert back.to_module().compute_dtype == "bfloat16"
+    np.testing.assert_allclose(back.predict_proba(vx), proba, atol=1e-6)
+
+
+def test_unknown_compute_dtype_is_an_error(data):
+    tx, ty, vx, vy = data
+    with pytest.raises(ValueError, match="compute_dtype"):
+        train_classifier(tx, ty, vx, vy, NAMES, {**CFG, "compute_dtype": "float16"}, seed=0)

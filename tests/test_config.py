@@ -111,6 +111,8 @@ def test_dataset_overrides_stay_sparse():
         (lambda c: c["gan"].update(ada_kimg=0), "gan.ada_kimg"),
         (lambda c: c["gan"].update(r1_gamma=-1), "gan.r1_gamma"),
         (lambda c: c["gan"].update(compute_dtype="float16"), "gan.compute_dtype"),
+        (lambda c: c["classifier"].update(compute_dtype="float16"), "classifier.compute_dtype"),
+        (lambda c: c["feature_classifier"].update(compute_dtype="half"), "feature_classifier.compute_dtype"),
         (lambda c: c["gan"].update(ema_half_life_steps=0), "gan.ema_half_life_steps"),
         (lambda c: c["gan"].update(batch_size=1), "gan.batch_size"),
         (lambda c: c["gan"].update(batch_size=True), "gan.batch_size"),  # a boolean is no integer

@@ -22,7 +22,7 @@ RESNET = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "architecture": "resnet", "w
 
 
 def resnet(in_channels=2, n_classes=3, width=8, blocks=(1, 2), seed=0):
-    return _init_model(in_channels, n_classes, ("resnet", width, tuple(blocks)), jax.random.key(seed))
+    return _init_model(in_channels, n_classes, ("resnet", width, tuple(blocks)), "float32", jax.random.key(seed))
 
 
 def weights_of(model) -> dict[str, np.ndarray]:

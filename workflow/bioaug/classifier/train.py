@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 from sklearn.metrics import f1_score, recall_score
 
-from .model import ResNet, SmallCNN, min_tile_size
+from .model import COMPUTE_DTYPES, ResNet, SmallCNN, min_tile_size
 
 _LOG = logging.getLogger("bioaug.classifier")
 
@@ -105,6 +105,7 @@ class TrainedClassifier:
                 "in_channels": module.in_channels,
                 "n_classes": module.n_classes,
                 "architecture": list(network_key(module)),
+                "compute_dtype": module.compute_dtype,
                 "channels": list(module.channels),
                 "weight_names": list(weights),  # of state.npz's arrays, in order
                 "class_names": self.class_names,
@@ -122,7 +123,8 @@ def load_classifier(directory) -> TrainedClassifier:
     meta = json.loads((Path(directory) / "meta.json").read_text())
     arch = meta.get("architecture", ["small_cnn", meta["channels"]])  # folders written before ResNet
     arch = (arch[0], *(tuple(a) if isinstance(a, list) else a for a in arch[1:]))
-    model = _init_model(meta["in_channels"], meta["n_classes"], arch, jax.random.key(0))
+    dtype = meta.get("compute_dtype", "float32")  # folders written before mixed precision: float32
+    model = _init_model(meta["in_channels"], meta["n_classes"], arch, dtype, jax.random.key(0))
     model.eval()
     weights = nnx.state(model, (nnx.Param, nnx.BatchStat))
     with np.load(Path(directory) / "state.npz") as z:
@@ -160,13 +162,15 @@ def network_key(module) -> tuple:
     return ("small_cnn", module.channels)
 
 
-@functools.partial(nnx.jit, static_argnums=(0, 1, 2))
-def _init_model(in_channels: int, n_classes: int, arch: tuple, key: jax.Array) -> SmallCNN | ResNet:
+@functools.partial(nnx.jit, static_argnums=(0, 1, 2, 3))
+def _init_model(in_channels: int, n_classes: int, arch: tuple, dtype: str, key: jax.Array) -> SmallCNN | ResNet:
     # Initialising under jit compiles once (and hits the persistent compilation cache);
     # eager init dispatches and compiles every initialiser op separately (seconds on CPU).
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {list(COMPUTE_DTYPES)}, got {dtype!r}")
     if arch[0] == "resnet":
-        return ResNet(in_channels, n_classes, arch[1], list(arch[2]), rngs=nnx.Rngs(key))
-    return SmallCNN(in_channels, n_classes, list(arch[1]), rngs=nnx.Rngs(key))
+        return ResNet(in_channels, n_classes, arch[1], list(arch[2]), rngs=nnx.Rngs(key), dtype=COMPUTE_DTYPES[dtype])
+    return SmallCNN(in_channels, n_classes, list(arch[1]), rngs=nnx.Rngs(key), dtype=COMPUTE_DTYPES[dtype])
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -326,7 +330,8 @@ def train_classifier(
       class_names: class index -> name.
       cfg: the validated ``classifier`` (or ``feature_classifier``) section: epochs,
         batch_size, lr, architecture (small_cnn: channels; resnet: width, blocks),
-        schedule (constant | cosine), weight_decay, init_weights (other keys ignored).
+        schedule (constant | cosine), weight_decay, init_weights, compute_dtype (float32 |
+        bfloat16: mixed precision, parameters stay float32) (other keys ignored).
       seed: drives init, dropout, augmentation and sampling.
       augment: random flips / 90-degree rotations / +-10% intensity jitter, on device.
       class_weighted: per-class loss weights inversely proportional to train frequency,
@@ -364,7 +369,7 @@ def train_classifier(
     np_rng = np.random.default_rng(seed)
 
     # --- model and its functional state (train- and eval-mode graphdefs, one state)
-    model = _init_model(c, n_classes, arch, k_init)
+    model = _init_model(c, n_classes, arch, cfg.get("compute_dtype", "float32"), k_init)
     if cfg.get("init_weights"):  # the user's pretrained weights, where names and shapes match
         from .init_weights import load_initial_weights
 
@@ -399,10 +404,11 @@ def train_classifier(
     steps_d = [jnp.asarray(i, jnp.int32) for i in range(max(round_steps))]  # uploaded once
 
     log.info(
-        "training %s%s on %d tiles %dx%dx%d (%d classes), val %d; %d steps of %d in %d rounds (%.1f passes); "
+        "training %s%s (%s) on %d tiles %dx%dx%d (%d classes), val %d; %d steps of %d in %d rounds (%.1f passes); "
         "augment=%s class_weighted=%s balanced_sampling=%s seed=%d",
         arch[0],
         list(arch[1:]),
+        cfg.get("compute_dtype", "float32"),
         n_train,
         h,
         w,
