@@ -106,3 +106,26 @@ def test_benchmark_small(script):
     if script == "bench_small_images.py":  # shards by work: the small crops make one job
         assert res["by_work_tile_jobs"] == 1, res
         assert res["by_count_tile_jobs"] == math.ceil(res["n_images"] / 48), res
+
+
+def test_bench_judges_on_a_finished_run(tiny_run):
+    """bench_judges.py trains `real` with the run's small CNN and a ResNet on the run's own
+    tiles; its small-CNN model of seed 0 is the classify stage's model (same tiles, budget and
+    seed), so it scores what the pipeline scored."""
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "bench_judges.py"), str(tiny_run / "results" / "tiny"),
+         "--configfile", str(tiny_run / "config.yaml"), "--resnet-width", "4", "--resnet-blocks", "1", "1",
+         "--seeds", "0", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert list(res["judges"]) == ["small_cnn [8, 16]", "resnet width 4 blocks [1, 1]"]
+    pipeline = json.loads((tiny_run / "results" / "tiny" / "fold-0" / "classify" / "real" / "seed-0.json").read_text())
+    assert res["n_test"] == pipeline["n"]
+    for name, judge in res["judges"].items():
+        assert judge["models"] == 2 and judge["train_steps"] == pipeline["train_steps"], name
+        assert 0 <= judge["accuracy"]["mean"] <= 1 and 0 <= judge["macro_f1"]["mean"] <= 1, name
+        assert set(judge["per_class_f1"]) == set(pipeline["class_names"])
+        assert judge["seconds_per_model"] > 0 and judge["first_model_s"] > 0
+    assert "small_cnn [8, 16] seed 0: accuracy " + f"{pipeline['accuracy']:.3f}" in proc.stdout
