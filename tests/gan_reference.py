@@ -23,6 +23,7 @@ REFERENCE_GAN: dict = {
     "spectral_norm": True,
     "conditional_bn": False,
     "g_output": "tanh",
+    "noise_inputs": False,
     "diffaugment": ["color", "translation", "cutout"],
     "real_symmetry": "none",
     "ema_half_life_steps": 50.0,

@@ -314,6 +314,56 @@ def test_linear_output_is_the_same_network_without_its_tanh(tmp_path):
     assert x.min() >= 0.0 and x.max() <= 1.0 and x.std() > 0
 
 
+def test_noise_inputs_start_silent_are_per_pixel_and_a_function_of_z(tmp_path):
+    """noise_inputs: the strengths start at zero (the same images as without them, same
+    weights otherwise); with strengths set, each sample gets its own per-pixel noise, drawn
+    from its z (the same z: the same image, in train and eval mode; another z: other noise);
+    training moves the strengths, and the exported generator samples with them."""
+    from flax import nnx
+
+    from bioaug.gan import load_generator, sample_tiles
+    from bioaug.gan.networks import build_networks
+
+    key = jax.random.key(0)
+    g_plain, _ = build_networks(gan_config(16, 2, 3, **TINY), key)
+    g_noise, _ = build_networks(gan_config(16, 2, 3, **TINY, noise_inputs=True), key)
+    z, y = jax.random.normal(jax.random.key(1), (8, TINY["z_dim"])), jnp.arange(8) % 3
+    np.testing.assert_allclose(np.asarray(g_noise(z, y, train=False)), np.asarray(g_plain(z, y, train=False)),
+                               atol=1e-6)  # fmt: skip
+    g_noise.out_noise_strength[...] = jnp.full((2,), 0.5)
+    for block in g_noise.blocks:
+        block.noise_strength[...] = jnp.full(block.noise_strength[...].shape, 0.3)
+    a, b = np.asarray(g_noise(z, y, train=False)), np.asarray(g_noise(z, y, train=False))
+    np.testing.assert_array_equal(a, b)  # deterministic in (z, y)
+    diff = a - np.asarray(g_plain(z, y, train=False))
+    assert np.abs(diff).mean() > 0.05
+    # high-frequency: neighbouring pixels' differences are nearly uncorrelated with each other
+    d = diff[..., 0].reshape(8, -1)
+    assert abs(np.corrcoef(diff[:, :, 1:, 0].ravel(), diff[:, :, :-1, 0].ravel())[0, 1]) < 0.6
+    assert not np.allclose(d[0], d[1])  # each sample its own noise
+    # the same z in another batch (other neighbours): the same image
+    z2 = jnp.concatenate([z[:1], jax.random.normal(jax.random.key(2), (3, TINY["z_dim"]))])
+    np.testing.assert_allclose(np.asarray(g_noise(z2, y[:4], train=False))[0], a[0], atol=1e-6)
+    n_plain = sum(p.size for p in jax.tree.leaves(nnx.state(g_plain, nnx.Param)))
+    n_noise = sum(p.size for p in jax.tree.leaves(nnx.state(g_noise, nnx.Param)))
+    assert n_noise - n_plain == sum(TINY["g_channels"]) + 2
+    tiles, labels = _data()
+    tiles = np.concatenate([tiles, tiles], axis=-1)
+    res = train_gan(
+        tiles, labels, ["a", "b", "c"], gan_section(**{**TINY, "steps": 4, "noise_inputs": True}),
+        checkpoint_root=tmp_path / "ck", generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
+        samples_png=tmp_path / "s.png",
+    )  # fmt: skip
+    assert res["steps_done"] == 4 and np.isfinite(res["g_loss"])
+    gen = load_generator(tmp_path / "gen")
+    assert gen.meta["noise_inputs"] is True
+    strengths = np.asarray(gen.params["out_noise_strength"])
+    assert strengths.shape == (2,) and np.abs(strengths).max() > 0  # trained away from zero
+    x = sample_tiles(gen, 0, np.arange(16))
+    np.testing.assert_array_equal(x, sample_tiles(gen, 0, np.arange(16)))
+    assert x.min() >= 0.0 and x.max() <= 1.0
+
+
 # ----------------------------------------------------------------------------- input
 def test_sharded_tiles_and_loader(tmp_path):
     rng = np.random.default_rng(0)

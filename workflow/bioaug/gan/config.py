@@ -50,6 +50,7 @@ class GanConfig:
     spectral_norm: bool
     conditional_bn: bool  # class-dependent BN scale/shift in G (off: the reference net)
     g_output: str  # tanh | linear: G's last activation (linear: clipped only when sampling)
+    noise_inputs: bool  # per-pixel noise with learned strengths after every G conv (StyleGAN)
     diffaugment: tuple[str, ...]
     real_symmetry: str  # none | dihedral: random rotations/flips of the real tiles D sees
     ema_half_life_steps: float

@@ -154,22 +154,40 @@ class ClassBatchNorm(nnx.BatchNorm):
         return h * (1.0 + gain.reshape(shape)) + bias.reshape(shape)
 
 
+def noise_keys(z: jax.Array) -> jax.Array:
+    """One PRNG key per row of z, made from the bits of its first two entries: the per-pixel
+    noise of a sample is then a function of its z alone (sampling stays deterministic in
+    (z, y), and every caller of G keeps its signature), and independent across samples."""
+    bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(z[:, :2]).astype(jnp.float32), jnp.uint32)
+    return jax.vmap(jax.random.wrap_key_data)(bits)
+
+
+def pixel_noise(keys: jax.Array, layer: int, shape: tuple[int, ...]) -> jax.Array:
+    """Standard normal noise of `shape` (H, W, C) per sample, layer `layer`'s own stream."""
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, layer), shape))(keys)
+
+
 class UpBlock(nnx.Module):
-    """nearest 2x, conv3x3, (class-conditional) BN, ReLU; the first two as one
-    `upsample_conv3x3`.
+    """nearest 2x, conv3x3, [+ per-pixel noise], (class-conditional) BN, ReLU; the first two
+    as one `upsample_conv3x3`.
 
     `self.conv` is an `nnx.Conv` only as the holder of its kernel and bias; it is never
-    called.
+    called. With `noise`, a single-channel noise image times a learned per-channel strength
+    (zero at initialisation) is added after the conv, as StyleGAN's noise inputs.
     """
 
-    def __init__(self, cin: int, cout: int, n_classes: int, conditional_bn: bool, *, rngs: nnx.Rngs, dtype=None):
+    def __init__(self, cin: int, cout: int, n_classes: int, conditional_bn: bool, *, rngs: nnx.Rngs, dtype=None,
+                 noise: bool = False):  # fmt: skip
         self.conv = nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)), kernel_init=torch_default_init, rngs=rngs)
         self.bn = ClassBatchNorm(cout, n_classes, conditional_bn, rngs=rngs)
         self.dtype = dtype
+        self.noise_strength = nnx.Param(jnp.zeros((cout,), jnp.float32)) if noise else None
 
-    def __call__(self, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, y: jax.Array, train: bool, noise: jax.Array | None = None) -> jax.Array:
         x = upsample_conv3x3(x, self.conv.kernel[...], self.dtype)
         x = x.astype(jnp.float32) + self.conv.bias[...]
+        if self.noise_strength is not None:
+            x = x + noise * self.noise_strength[...]
         return jax.nn.relu(self.bn(x, y, train))
 
 
@@ -183,6 +201,10 @@ class Generator(nnx.Module):
     `output="linear"` drops the final tanh (StyleGAN2's linear output, clipped only when
     sampling): fluorescence tiles are mostly dark background at -1, where tanh saturates and
     passes D's gradient on at a few percent, so G learns the background last.
+    `noise_inputs` adds per-pixel Gaussian noise with learned per-channel strengths (zero at
+    initialisation) after every upsampling conv and to the output (StyleGAN's noise inputs):
+    real micrographs carry pixel-independent shot and read noise that upsampling convolutions
+    from a 4x4 map cannot draw. The noise of a sample is drawn from its z (`noise_keys`).
     `train=True` normalises with batch statistics (and updates the running ones);
     `train=False` uses the running statistics, so each sample depends only on its (z, y).
     """
@@ -198,6 +220,7 @@ class Generator(nnx.Module):
         dtype=None,
         conditional_bn: bool = False,
         output: str = "tanh",
+        noise_inputs: bool = False,
     ):
         g_channels = tuple(int(c) for c in g_channels)
         if output not in G_OUTPUTS:
@@ -210,20 +233,27 @@ class Generator(nnx.Module):
         self.bn0 = ClassBatchNorm(g_channels[0], n_classes, conditional_bn, rngs=rngs)
         blocks, cin = [], g_channels[0]
         for c in g_channels:
-            blocks.append(UpBlock(cin, c, n_classes, conditional_bn, rngs=rngs, dtype=dtype))
+            blocks.append(UpBlock(cin, c, n_classes, conditional_bn, rngs=rngs, dtype=dtype, noise=noise_inputs))
             cin = c
         self.blocks = nnx.List(blocks)
         self.out = nnx.Conv(
             cin, out_channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=torch_default_init, rngs=rngs
         )
+        self.noise_inputs = bool(noise_inputs)
+        self.out_noise_strength = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if noise_inputs else None
 
     def __call__(self, z: jax.Array, y: jax.Array, *, train: bool) -> jax.Array:
+        keys = noise_keys(z) if self.noise_inputs else None
         h = self.fc(jnp.concatenate([z, self.embed(y)], axis=-1))
         h = h.reshape(-1, 4, 4, self.c0)
         h = jax.nn.relu(self.bn0(h, y, train))
-        for block in self.blocks:
-            h = block(h, y, train)
+        for i, block in enumerate(self.blocks):
+            side = 2 * h.shape[1]
+            noise = pixel_noise(keys, i, (side, side, 1)) if keys is not None else None
+            h = block(h, y, train, noise)
         y = conv2d(h, self.out.kernel[...], 1, 1, self.dtype).astype(jnp.float32) + self.out.bias[...]
+        if keys is not None:  # pixel-independent noise in every output channel
+            y = y + pixel_noise(keys, len(self.blocks), y.shape[1:]) * self.out_noise_strength[...]
         return jnp.tanh(y) if self.output == "tanh" else y
 
 
@@ -288,6 +318,7 @@ def build_networks(cfg: GanConfig, key: jax.Array) -> tuple[Generator, Discrimin
         dtype=dtype,
         conditional_bn=cfg.conditional_bn,
         output=cfg.g_output,
+        noise_inputs=cfg.noise_inputs,
     )
     d = Discriminator(
         cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm, rngs=nnx.Rngs(params=kd), dtype=dtype

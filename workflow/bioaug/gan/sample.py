@@ -51,14 +51,21 @@ def _make_seed_forward(graphdef, z_dim: int) -> Callable:
 
 
 def abstract_generator(
-    z_dim: int, n_classes: int, g_channels, out_channels: int, conditional_bn: bool = False, output: str = "tanh"
+    z_dim: int,
+    n_classes: int,
+    g_channels,
+    out_channels: int,
+    conditional_bn: bool = False,
+    output: str = "tanh",
+    noise_inputs: bool = False,
 ):
     """(graphdef, abstract params, abstract batch stats) without allocating weights."""
     g = nnx.eval_shape(
         lambda: Generator(
-            z_dim, n_classes, g_channels, out_channels, rngs=nnx.Rngs(0), conditional_bn=conditional_bn, output=output
+            z_dim, n_classes, g_channels, out_channels, rngs=nnx.Rngs(0), conditional_bn=conditional_bn,
+            output=output, noise_inputs=noise_inputs,
         )
-    )
+    )  # fmt: skip
     graphdef, params, stats = nnx.split(g, nnx.Param, nnx.BatchStat)
     return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
 
@@ -193,6 +200,7 @@ def load_generator(generator_dir: Path) -> GeneratorHandle:
             int(meta["out_channels"]),
             bool(meta.get("conditional_bn", False)),
             str(meta.get("g_output", "tanh")),
+            bool(meta.get("noise_inputs", False)),
         )
     except KeyError as e:
         raise BioaugError(f"{meta_path}: missing field {e}") from None

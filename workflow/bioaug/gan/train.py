@@ -288,6 +288,7 @@ def _export(
         "g_channels": list(cfg.g_channels),
         "conditional_bn": cfg.conditional_bn,
         "g_output": cfg.g_output,
+        "noise_inputs": cfg.noise_inputs,
         "out_channels": cfg.channels,
         "tile_size": cfg.tile_size,
         "class_names": class_names,
