@@ -239,11 +239,10 @@ class Generator(nnx.Module):
         self.out = nnx.Conv(
             cin, out_channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=torch_default_init, rngs=rngs
         )
-        self.noise_inputs = bool(noise_inputs)
         self.out_noise_strength = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if noise_inputs else None
 
     def __call__(self, z: jax.Array, y: jax.Array, *, train: bool) -> jax.Array:
-        keys = noise_keys(z) if self.noise_inputs else None
+        keys = noise_keys(z) if self.out_noise_strength is not None else None
         h = self.fc(jnp.concatenate([z, self.embed(y)], axis=-1))
         h = h.reshape(-1, 4, 4, self.c0)
         h = jax.nn.relu(self.bn0(h, y, train))
