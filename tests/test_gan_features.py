@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -492,6 +494,34 @@ def test_configure_jax_respects_user_xla_flags():
     del env["XLA_FLAGS"]
     dead = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
     assert dead.returncode != 0 and "xla_no_such_flag_bioaug" in dead.stderr
+
+
+def test_compilation_cache_survives_a_move_and_follows_jax_compilation_cache_dir(tmp_path, monkeypatch):
+    """A results/ folder copied elsewhere keeps its compiled programs (on the CPU no cache key
+    holds the cache's own path), and JAX_COMPILATION_CACHE_DIR replaces results/.jax-cache."""
+    from bioaug.runtime import JAX_CACHE_DIR, jax_cache_dir
+
+    code = (
+        "import sys, jax, jax.numpy as jnp\nfrom bioaug.runtime import configure_jax\n"
+        "configure_jax(sys.argv[1])\njax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+        "f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())\nprint(float(f(jnp.ones((8, 8)))))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["JAX_PLATFORMS"] = "cpu"
+    first, moved = tmp_path / "a" / ".jax-cache", tmp_path / "b" / ".jax-cache"
+    for cache in (first, moved):
+        if cache == moved:
+            shutil.copytree(first, moved)
+        proc = subprocess.run([sys.executable, "-c", code, str(cache)], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0 and float(proc.stdout) == pytest.approx(64 * np.tanh(8.0)), proc.stderr
+    entries = sorted(p.name for p in first.iterdir())
+    assert entries and any("lambda" in e for e in entries)
+    assert sorted(p.name for p in moved.iterdir()) == entries  # every key hit: nothing new written
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert jax_cache_dir() == JAX_CACHE_DIR == Path("results/.jax-cache")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "shared"))
+    assert jax_cache_dir() == tmp_path / "shared"
 
 
 def test_checkpoint_of_an_older_layout_restores(tmp_path):

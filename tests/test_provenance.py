@@ -34,7 +34,7 @@ def test_a_synthetic_tile_regenerates_from_its_manifest_row_after_retraining(cop
     config = load_tiny_config()
     config["gan"]["lr_d"] = 0.0003  # another run: gan/generator is overwritten
     write_config(copy_of_run, config)
-    run_snakemake(copy_of_run)
+    run_snakemake(copy_of_run, str((res / "fold-0" / "synthetic" / f"{cls}.npy").relative_to(copy_of_run)))
     after = np.load(res / "fold-0" / "synthetic" / f"{cls}.npy")
     assert not np.array_equal(after[0], before[0])  # the new generator draws another tile
 

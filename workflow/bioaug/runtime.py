@@ -155,6 +155,12 @@ def configure_jax(cache_dir: str | os.PathLike | None = None) -> None:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        if _jax_platform_is_cpu():
+            # JAX's default also turns on XLA's GPU autotune cache, whose folder (an absolute
+            # path inside cache_dir) enters every cache key: then a copied or moved results/
+            # (or another working folder sharing the cache) misses every entry. It does
+            # nothing on the CPU.
+            jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
     if "XLA_FLAGS" in os.environ:
         return  # the user's choice
     if xla_bridge.backends_are_initialized():
@@ -167,7 +173,14 @@ def configure_jax(cache_dir: str | os.PathLike | None = None) -> None:
         os.environ["XLA_FLAGS"] = " ".join(XLA_CPU_FLAGS)
 
 
-JAX_CACHE_DIR = Path("results/.jax-cache")
+JAX_CACHE_DIR = Path("results/.jax-cache")  # JAX_COMPILATION_CACHE_DIR, where set, replaces it
+
+
+def jax_cache_dir() -> Path:
+    """The workflow's persistent compilation cache: JAX's own JAX_COMPILATION_CACHE_DIR where the
+    user set it (one cache shared by several working folders, e.g. on a cluster's scratch),
+    else results/.jax-cache in the working folder."""
+    return Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or JAX_CACHE_DIR)
 
 
 @contextlib.contextmanager
@@ -184,7 +197,7 @@ def stage(smk, *, uses_jax: bool = False, distributed: bool = False):
     name = getattr(smk, "rule", "stage")
     log.info("rule %s, wildcards %s", name, dict(smk.wildcards.items()))
     if uses_jax:
-        configure_jax(JAX_CACHE_DIR)
+        configure_jax(jax_cache_dir())
         if not distributed:
             log_devices()
     try:
