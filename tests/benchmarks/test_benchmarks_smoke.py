@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -129,3 +130,11 @@ def test_bench_judges_on_a_finished_run(tiny_run):
         assert set(judge["per_class_f1"]) == set(pipeline["class_names"])
         assert judge["seconds_per_model"] > 0 and judge["first_model_s"] > 0
     assert "small_cnn [8, 16] seed 0: accuracy " + f"{pipeline['accuracy']:.3f}" in proc.stdout
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())["classifier"]
+    assert res["arm"] == "real" and res["recipe"]["epochs"] == config["epochs"]
+    # only arms on real tiles: a GAN arm's tiles are not the run's tiles
+    bad = subprocess.run(
+        [sys.executable, str(HERE / "bench_judges.py"), str(tiny_run / "results" / "tiny"), "--arm", "real+gan"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "--arm real+gan: not an arm on real tiles" in bad.stderr
