@@ -508,12 +508,15 @@ def test_compilation_cache_survives_a_move_and_follows_jax_compilation_cache_dir
     )
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["JAX_PLATFORMS"] = "cpu"
-    first, moved = tmp_path / "a" / ".jax-cache", tmp_path / "b" / ".jax-cache"
-    for cache in (first, moved):
-        if cache == moved:
-            shutil.copytree(first, moved)
+
+    def run_with(cache):
         proc = subprocess.run([sys.executable, "-c", code, str(cache)], capture_output=True, text=True, env=env)
         assert proc.returncode == 0 and float(proc.stdout) == pytest.approx(64 * np.tanh(8.0)), proc.stderr
+
+    first, moved = tmp_path / "a" / ".jax-cache", tmp_path / "b" / ".jax-cache"
+    run_with(first)
+    shutil.copytree(first, moved)
+    run_with(moved)
     entries = sorted(p.name for p in first.iterdir())
     assert entries and any("lambda" in e for e in entries)
     assert sorted(p.name for p in moved.iterdir()) == entries  # every key hit: nothing new written

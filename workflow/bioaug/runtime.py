@@ -149,13 +149,14 @@ def configure_jax(cache_dir: str | os.PathLike | None = None) -> None:
     import jax
     from jax._src import xla_bridge
 
+    on_cpu = _jax_platform_is_cpu()  # scans the installed plugins: once per job
     if cache_dir:
         cache_dir = Path(cache_dir).resolve()
         cache_dir.mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", str(cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        if _jax_platform_is_cpu():
+        if on_cpu:
             # JAX's default also turns on XLA's GPU autotune cache, whose folder (an absolute
             # path inside cache_dir) enters every cache key: then a copied or moved results/
             # (or another working folder sharing the cache) misses every entry. It does
@@ -169,7 +170,7 @@ def configure_jax(cache_dir: str | os.PathLike | None = None) -> None:
     import jaxlib
 
     version = getattr(jaxlib, "__version__", "") or getattr(getattr(jaxlib, "version", None), "__version__", "")
-    if XLA_CPU_FLAGS and version.startswith(XLA_CPU_FLAGS_JAXLIB) and _jax_platform_is_cpu():
+    if XLA_CPU_FLAGS and version.startswith(XLA_CPU_FLAGS_JAXLIB) and on_cpu:
         os.environ["XLA_FLAGS"] = " ".join(XLA_CPU_FLAGS)
 
 
