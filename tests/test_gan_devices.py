@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent(r"""
             x = jax.device_put(tiles[idx], bat)
             y = jax.device_put(labels[idx].astype(np.int32), bat)
             before = np.asarray(state["metrics"]).copy()
-            state = step(state, x, y, hyper)
+            state = step(state, x, y, hyper, S.r1_due(cfg, k + 1))
             losses.append((np.asarray(state["metrics"]) - before)[:5].tolist())
         assert len(state["g"]["params"]["fc"]["kernel"].sharding.device_set) == len(devices)
         out[name] = dict(losses=losses, aug_p=float(state["aug_p"]),

@@ -49,7 +49,8 @@ def _steps(cfg_dict, n, data=None):
     rows = []
     for idx in itertools.islice(class_balanced_indices(labels, cfg.batch_size, cfg.seed), n):
         before = np.asarray(state["metrics"]).copy()
-        state = step(state, jax.device_put(tiles[idx], bat), jax.device_put(labels[idx].astype(np.int32), bat), hyper)
+        x, y = jax.device_put(tiles[idx], bat), jax.device_put(labels[idx].astype(np.int32), bat)
+        state = step(state, x, y, hyper, S.r1_due(cfg, len(rows) + 1))
         rows.append(np.asarray(state["metrics"]) - before)
     return cfg, state, np.array(rows)
 

@@ -125,22 +125,18 @@ def d_loss_r1(run_d: Callable, d_params, sn, x, y, *, r1_scale: jax.Array, **obj
     return loss + r1_scale * penalty, (*aux, penalty)
 
 
-def d_value_and_grad(
-    run_d: Callable, d_params, sn, x, y, *, kind: str, lecam_avg, lecam_weight=None, r1_scale=None, r1_now=None
-):
+def d_value_and_grad(run_d: Callable, d_params, sn, x, y, *, kind: str, lecam_avg, lecam_weight=None, r1_scale=None):
     """((loss, (sn', D(real), D(fake), lecam_avg', R1 penalty)), gradient) of D's objective.
 
-    With `r1_scale`, lazy R1: the penalised objective where `r1_now` (a traced bool), the
-    plain one elsewhere (`r1_scale` includes the interval factor).
+    With `r1_scale` (lazy R1's steps; it includes the interval's factor), the penalised
+    objective; without, the plain one with a zero penalty.
     """
     objective = {"kind": kind, "lecam_avg": lecam_avg, "lecam_weight": lecam_weight}
-    plain = jax.value_and_grad(lambda dp: d_loss_plain(run_d, dp, sn, x, y, **objective), has_aux=True)
     if r1_scale is None:
-        return plain(d_params)
-    with_r1 = jax.value_and_grad(
-        lambda dp: d_loss_r1(run_d, dp, sn, x, y, r1_scale=r1_scale, **objective), has_aux=True
-    )
-    return jax.lax.cond(r1_now, with_r1, plain, d_params)
+        loss = lambda dp: d_loss_plain(run_d, dp, sn, x, y, **objective)  # noqa: E731
+    else:
+        loss = lambda dp: d_loss_r1(run_d, dp, sn, x, y, r1_scale=r1_scale, **objective)  # noqa: E731
+    return jax.value_and_grad(loss, has_aux=True)(d_params)
 
 
 def g_objective(

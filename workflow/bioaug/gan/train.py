@@ -33,7 +33,7 @@ from .devices import check_batch_divisible, make_mesh, maybe_initialize_distribu
 from .input_pipeline import ArrayTiles, BatchLoader, as_tile_source
 from .sample import make_eval_forward, recalibrate_batch_stats, write_generator
 from .state import RUN_META, data_fingerprint, init_train_state, restore_train_state, run_folder, run_identity
-from .step import N_METRICS, cached_train_step, mode_seeking_target, step_hyperparams
+from .step import N_METRICS, cached_train_step, mode_seeking_target, r1_due, step_hyperparams
 
 CSV_HEADER = ("step", "d_loss", "g_loss", "d_real", "d_fake", "r1", "augment_p", "steps_per_s", "elapsed_s")
 GRID_PER_CLASS = 8
@@ -165,7 +165,7 @@ def train_gan(
                     x, y = next(loader)
                 except FloatingPointError as e:
                     raise BioaugError(str(e)) from None
-                state = step_fn(state, x, y, hyper)
+                state = step_fn(state, x, y, hyper, r1_due(cfg, done))
                 bar.update(1)
                 if done == start + 1:  # one sync after compiling, so steps/s are honest
                     jax.block_until_ready(state["step"])
