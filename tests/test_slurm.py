@@ -109,16 +109,48 @@ def apt_lock() -> list[str]:
 
 
 # Started when the session collects these tests (tests/conftest.py calls start_early): the
-# cluster's bring-up and the tiny pipeline through it mostly wait (apt, daemons, the plugin's
-# status checks), so they run while the other test files do; the fixtures below wait for them.
+# cluster's bring-up, the tiny pipeline through it and then the two runs on copies of it (the
+# GAN-change rerun and the preemption run) mostly wait (apt, daemons, the plugin's status
+# checks), so they run while the other test files do; the fixtures below wait for them.
 EARLY: dict = {}
+PHASES = ("cluster", "run", "preempted")  # an Event each, set when that part is done (or failed)
 
 
 def start_early() -> None:
     if "thread" in EARLY:
         return
-    EARLY["thread"] = threading.Thread(target=lambda: EARLY.update(start=bring_up_cluster(True)), daemon=True)
+    EARLY.update({phase: threading.Event() for phase in PHASES})
+    EARLY["follow_ups"] = Path(tempfile.mkdtemp(prefix="bioaug-slurm-follow-ups-"))
+    EARLY["thread"] = threading.Thread(target=_run_early, daemon=True)
     EARLY["thread"].start()
+
+
+def _run_early() -> None:
+    try:
+        start = EARLY["start"] = bring_up_cluster(True)
+        EARLY["cluster"].set()
+        if not start.pipeline:
+            return
+        run = EARLY["slurm_run"] = finish_snakemake(start.workdir, *start.pipeline)
+        if run.returncode != 0:
+            return
+        follow_ups = EARLY["follow_ups"]
+        EARLY["gan_change"] = start_gan_change(run.workdir, start.cluster, follow_ups / "gan_change")
+        EARLY["run"].set()
+        EARLY["preempted_run"] = run_preemption(run.workdir, start.cluster, follow_ups / "preempt")
+    except Exception as e:  # reported by the fixture that waits for the failed part
+        EARLY["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        for phase in PHASES:
+            EARLY[phase].set()
+
+
+def wait_early(phase: str, timeout: float = 1500) -> None:
+    """Wait for a part started at collection; fail with the thread's error if it raised."""
+    if not EARLY[phase].wait(timeout):
+        pytest.fail(f"the SLURM tests' background start ({phase}) did not finish in {timeout:.0f} s")
+    if "error" in EARLY:
+        pytest.fail(f"the SLURM tests' background start failed: {EARLY['error']}")
 
 
 def finish_early() -> None:
@@ -128,7 +160,10 @@ def finish_early() -> None:
         return
     EARLY["thread"].join(timeout=900)
     start = EARLY.get("start")
-    if start and start.pipeline and not EARLY.get("pipeline_finished"):
+    handle = EARLY.get("gan_change")
+    if handle and handle["run"] is None:
+        finish_snakemake(handle["workdir"], *handle["started"])
+    if start and start.pipeline and "slurm_run" not in EARLY:
         start.pipeline[0].kill()
         run_id = run_id_of(start.pipeline[1].read_text(errors="replace"))
         if run_id:
@@ -137,14 +172,17 @@ def finish_early() -> None:
         subprocess.run(["bash", str(CLUSTER_SH), "down"], capture_output=True, text=True, timeout=300)
     if start and start.workdir:
         shutil.rmtree(start.workdir, ignore_errors=True)
+    shutil.rmtree(EARLY["follow_ups"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A running one-node cluster: {'account', 'partition', 'cpus'}; stopped at the end."""
     if "thread" in EARLY:
-        EARLY["thread"].join(timeout=1200)
-        start = EARLY.get("start") or ClusterStart(failure="the cluster's bring-up did not finish in 20 minutes")
+        EARLY["cluster"].wait(timeout=1200)
+        start = EARLY.get("start") or ClusterStart(
+            failure=EARLY.get("error", "the cluster's bring-up did not finish in 20 minutes")
+        )
     else:  # this module imported without conftest's early start
         start = bring_up_cluster()
     if start.skip:
@@ -333,14 +371,15 @@ def slurm_run(slurm_cluster, tmp_path_factory, request):
     reference run (tiny_run) is made meanwhile if it is not there yet."""
     start = EARLY.get("start")
     if start and start.pipeline:
-        workdir, started = start.workdir, start.pipeline
+        local = request.getfixturevalue("tiny_run")  # already there when test_pipeline.py ran first
+        wait_early("run")
+        run = EARLY["slurm_run"]
     else:
         workdir = tmp_path_factory.mktemp("slurm_run")
         write_config(workdir, load_tiny_config())
         started = start_snakemake(workdir, *cluster_args(slurm_cluster))
-    local = request.getfixturevalue("tiny_run")  # already there when test_pipeline.py ran first
-    run = finish_snakemake(workdir, *started)
-    EARLY["pipeline_finished"] = True
+        local = request.getfixturevalue("tiny_run")
+        run = finish_snakemake(workdir, *started)
     assert run.returncode == 0, f"SLURM run failed ({run.returncode}):\n{run.tail()}"
     print(
         f"\ntiny pipeline through SLURM: {run.seconds:.0f} s, {len(run.submitted)} SLURM jobs "
@@ -384,7 +423,25 @@ RESUMED = re.compile(r"resumed GAN training from (\S+) at step (\d+)")
 
 @pytest.fixture(scope="module")
 def preempted_run(slurm_run, slurm_cluster, tmp_path_factory, gan_change_rerun):
-    """train_gan (1000 steps) scancel'ed once it has a checkpoint, then retried by Snakemake.
+    """train_gan (1000 steps) scancel'ed once it has a checkpoint, then retried by Snakemake
+    (run_preemption; done at collection's start when the session started it early)."""
+    if "preempted_run" in EARLY or "slurm_run" in EARLY:
+        wait_early("preempted")
+        result, cancelled = EARLY["preempted_run"]
+    else:
+        result, cancelled = run_preemption(slurm_run[0].workdir, slurm_cluster, tmp_path_factory.mktemp("preempt"))
+    assert cancelled, f"train_gan was never seen running with a checkpoint:\n{result.tail()}"
+    assert result.returncode == 0, f"the retried run failed ({result.returncode}):\n{result.tail()}"
+    print(
+        f"\npreemption run: {result.seconds:.0f} s, cancelled SLURM job {cancelled['job']} "
+        f"with a checkpoint at step {cancelled['checkpoint']}"
+    )
+    return result, cancelled
+
+
+def run_preemption(run_workdir: Path, cluster: dict, dest: Path) -> tuple[SlurmRun, dict | None]:
+    """A copy of the SLURM run at `dest` whose train_gan (1000 steps) is scancel'ed once it
+    has a checkpoint, then retried by Snakemake: (the run, {'job', 'checkpoint'} cancelled).
 
     `--slurm-status-command squeue`: with the plugin's default (sacct), a job cancelled
     with scancel is never seen as ended, since sacct reports 'CANCELLED by <uid>' and the
@@ -392,9 +449,8 @@ def preempted_run(slurm_run, slurm_cluster, tmp_path_factory, gan_change_rerun):
     'CANCELLED' (it keeps ended jobs for MinJobAge = 300 s, longer than the plugin's
     longest pause between checks, 180 s). Runs beside the GAN-change rerun (started first).
     """
-    run, _ = slurm_run
-    workdir = tmp_path_factory.mktemp("slurm_preempt") / "run"
-    shutil.copytree(run.workdir, workdir, symlinks=True)
+    workdir = dest / "run"
+    shutil.copytree(run_workdir, workdir, symlinks=True)
     config = load_tiny_config()
     # another seed: a fresh run (a longer run of the same settings would resume at step 40)
     config["gan"].update(steps=PREEMPT_STEPS, checkpoint_every=PREEMPT_CKPT, log_every=PREEMPT_LOG, seed=1)
@@ -405,7 +461,7 @@ def preempted_run(slurm_run, slurm_cluster, tmp_path_factory, gan_change_rerun):
     proc, log, t0 = start_snakemake(
         workdir,
         *cluster_args(
-            slurm_cluster,
+            cluster,
             "--set-threads",  # (takes several values: not right before the target)
             "train_gan=1",
             "--retries",
@@ -431,19 +487,14 @@ def preempted_run(slurm_run, slurm_cluster, tmp_path_factory, gan_change_rerun):
                 ids = subprocess.run(
                     ["squeue", "-h", "--name", run_id, "-o", "%i"], capture_output=True, text=True, check=True
                 ).stdout.split()
-                assert len(ids) == 1, ids
+                if len(ids) != 1:
+                    raise RuntimeError(f"expected one train_gan job of run {run_id} in squeue, got {ids}")
                 subprocess.run(["scancel", ids[0]], check=True)
                 cancelled = {"job": ids[0], "checkpoint": max(steps)}
                 break
             time.sleep(0.1)
     finally:
         result = finish_snakemake(workdir, proc, log, t0)
-    assert cancelled, f"train_gan was never seen running with a checkpoint:\n{result.tail()}"
-    assert result.returncode == 0, f"the retried run failed ({result.returncode}):\n{result.tail()}"
-    print(
-        f"\npreemption run: {result.seconds:.0f} s, cancelled SLURM job {cancelled['job']} "
-        f"with a checkpoint at step {cancelled['checkpoint']}"
-    )
     return result, cancelled
 
 
@@ -484,17 +535,26 @@ GAN_CHANGE = {"train_gan": 1, "generate": 4, "balance": 1, "classify": 3, "gan_q
 def gan_change_rerun(slurm_run, slurm_cluster, tmp_path_factory):
     """A copy of the SLURM run with another gan.steps, its rerun started (not waited for): it
     runs beside the preemption run, both with train_gan on 1 CPU so the node fits both."""
-    run, _ = slurm_run
-    workdir = tmp_path_factory.mktemp("slurm_gan_change") / "run"
-    shutil.copytree(run.workdir, workdir, symlinks=True)
+    if "gan_change" in EARLY:
+        yield EARLY["gan_change"]  # finish_early waits for it if no test did
+        return
+    handle = start_gan_change(slurm_run[0].workdir, slurm_cluster, tmp_path_factory.mktemp("slurm_gan_change"))
+    yield handle
+    if handle["run"] is None:  # never leave it running
+        finish_snakemake(handle["workdir"], *handle["started"])
+
+
+def start_gan_change(run_workdir: Path, cluster: dict, dest: Path) -> dict:
+    """Copy the SLURM run to `dest`, set another gan.steps, plan (dry run) and start its rerun:
+    {'planned', 'workdir', 'started', 'run': None until a test finishes it}."""
+    workdir = dest / "run"
+    shutil.copytree(run_workdir, workdir, symlinks=True)
     config = load_tiny_config()
     config["gan"]["steps"] = 30
     write_config(workdir, config)
     handle = {"planned": planned_jobs(workdir), "workdir": workdir, "run": None}
-    handle["started"] = start_snakemake(workdir, *cluster_args(slurm_cluster, "--set-threads", "train_gan=1"))
-    yield handle
-    if handle["run"] is None:  # never leave it running
-        finish_snakemake(workdir, *handle["started"])
+    handle["started"] = start_snakemake(workdir, *cluster_args(cluster, "--set-threads", "train_gan=1"))
+    return handle
 
 
 def test_gan_change_resubmits_only_gan_dependants(gan_change_rerun):
