@@ -167,7 +167,7 @@ MULTIPROCESS_CHILD = textwrap.dedent(r"""
             conditional_bn=True,
             mode_seeking_weight=1.0,
             r1_gamma=1.0,
-            r1_interval=2,
+            r1_interval=1,  # R1 on every step: one compiled program (lazy R1 on a mesh: the test above)
         )
     ),
 )
