@@ -425,7 +425,7 @@ RESUMED = re.compile(r"resumed GAN training from (\S+) at step (\d+)")
 def preempted_run(slurm_run, slurm_cluster, tmp_path_factory, gan_change_rerun):
     """train_gan (1000 steps) scancel'ed once it has a checkpoint, then retried by Snakemake
     (run_preemption; done at collection's start when the session started it early)."""
-    if "preempted_run" in EARLY or "slurm_run" in EARLY:
+    if "slurm_run" in EARLY:  # the background start goes on with it
         wait_early("preempted")
         result, cancelled = EARLY["preempted_run"]
     else:
@@ -439,6 +439,17 @@ def preempted_run(slurm_run, slurm_cluster, tmp_path_factory, gan_change_rerun):
     return result, cancelled
 
 
+def copy_run(run_workdir: Path, dest: Path, **gan) -> Path:
+    """A copy of a finished run at dest/run (timestamps and Snakemake metadata kept), its
+    config the tiny one with these `gan` settings."""
+    workdir = dest / "run"
+    shutil.copytree(run_workdir, workdir, symlinks=True)
+    config = load_tiny_config()
+    config["gan"].update(gan)
+    write_config(workdir, config)
+    return workdir
+
+
 def run_preemption(run_workdir: Path, cluster: dict, dest: Path) -> tuple[SlurmRun, dict | None]:
     """A copy of the SLURM run at `dest` whose train_gan (1000 steps) is scancel'ed once it
     has a checkpoint, then retried by Snakemake: (the run, {'job', 'checkpoint'} cancelled).
@@ -449,12 +460,10 @@ def run_preemption(run_workdir: Path, cluster: dict, dest: Path) -> tuple[SlurmR
     'CANCELLED' (it keeps ended jobs for MinJobAge = 300 s, longer than the plugin's
     longest pause between checks, 180 s). Runs beside the GAN-change rerun (started first).
     """
-    workdir = dest / "run"
-    shutil.copytree(run_workdir, workdir, symlinks=True)
-    config = load_tiny_config()
     # another seed: a fresh run (a longer run of the same settings would resume at step 40)
-    config["gan"].update(steps=PREEMPT_STEPS, checkpoint_every=PREEMPT_CKPT, log_every=PREEMPT_LOG, seed=1)
-    write_config(workdir, config)
+    workdir = copy_run(
+        run_workdir, dest, steps=PREEMPT_STEPS, checkpoint_every=PREEMPT_CKPT, log_every=PREEMPT_LOG, seed=1
+    )
     ckpt_root = workdir / "results" / DS / "fold-0" / "gan" / "checkpoints"
     before = {p.name for p in ckpt_root.iterdir()} if ckpt_root.exists() else set()
 
@@ -547,11 +556,7 @@ def gan_change_rerun(slurm_run, slurm_cluster, tmp_path_factory):
 def start_gan_change(run_workdir: Path, cluster: dict, dest: Path) -> dict:
     """Copy the SLURM run to `dest`, set another gan.steps, plan (dry run) and start its rerun:
     {'planned', 'workdir', 'started', 'run': None until a test finishes it}."""
-    workdir = dest / "run"
-    shutil.copytree(run_workdir, workdir, symlinks=True)
-    config = load_tiny_config()
-    config["gan"]["steps"] = 30
-    write_config(workdir, config)
+    workdir = copy_run(run_workdir, dest, steps=30)
     handle = {"planned": planned_jobs(workdir), "workdir": workdir, "run": None}
     handle["started"] = start_snakemake(workdir, *cluster_args(cluster, "--set-threads", "train_gan=1"))
     return handle

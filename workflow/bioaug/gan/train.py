@@ -159,18 +159,25 @@ def train_gan(
             bar = progress(total=cfg.steps - start, desc="train_gan")
             t_run = time.perf_counter()
             t_mark, step_mark = t_run, start
-            t_timed, steps_timed = 0.0, 0  # excludes the first (compiling) step
+            t_timed, steps_timed = 0.0, 0  # excludes the steps that compile
+            # The first step of each compiled program (lazy R1 is a second one) compiles it:
+            # one sync after it, and the timing restarts there, so steps/s are honest.
+            compiling = {start + 1}
+            if cfg.r1_gamma > 0:
+                compiling.add((start // cfg.r1_interval + 1) * cfg.r1_interval)
             for done in range(start + 1, cfg.steps + 1):
                 try:
                     x, y = next(loader)
                 except FloatingPointError as e:
                     raise BioaugError(str(e)) from None
-                state = step_fn(state, x, y, hyper, r1_due(cfg, done))
+                r1_now = r1_due(cfg, done)
+                t_step = t_run if done == start + 1 else time.perf_counter()
+                state = step_fn(state, x, y, hyper, r1_now)
                 bar.update(1)
-                if done == start + 1:  # one sync after compiling, so steps/s are honest
+                if done in compiling:
                     jax.block_until_ready(state["step"])
                     now = time.perf_counter()
-                    log.info("GAN step compiled and ran in %.1f s", now - t_run)
+                    log.info("GAN step%s compiled and ran in %.1f s", " with R1" if r1_now else "", now - t_step)
                     t_mark, step_mark = now, done
                 is_log = done % cfg.log_every == 0 or done == cfg.steps
                 is_ckpt = done % cfg.checkpoint_every == 0 or done == cfg.steps
