@@ -167,9 +167,31 @@ def test_unsupported_dtype_and_stacks(tmp_path):
         open_image(tmp_path / "z.tif")
 
 
-def test_large_uncompressed_tiff_is_memory_mapped(tmp_path):
+@pytest.mark.parametrize("axes", ["YX", "CYX", "YXS"])
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_small_tiff_is_read_whole_in_either_byte_order(tmp_path, axes, byteorder):
+    """Up to LAZY_TIFF_PIXELS a TIFF is an in-memory array (the tile stage crops all objects
+    of an image in one gather only from an array), in any axis order and byte order."""
+    shape = {"YX": (30, 40), "CYX": (2, 30, 40), "YXS": (30, 40, 3)}[axes]
+    arr = RNG.integers(0, 60000, shape).astype(f"{byteorder}u2")
+    kw = {"photometric": "rgb"} if axes == "YXS" else {"photometric": "minisblack", "metadata": {"axes": axes}}
+    hwc = np.moveaxis(arr, 0, -1) if axes == "CYX" else arr.reshape(30, 40, -1)
+    for compression in (None, "zlib"):
+        tifffile.imwrite(tmp_path / "m.tif", arr, byteorder=byteorder, compression=compression, **kw)
+        src = open_image(tmp_path / "m.tif")
+        assert type(src.array) is np.ndarray
+        np.testing.assert_array_equal(src.read(), hwc.astype(np.float32))
+        np.testing.assert_array_equal(src.sample(max_pixels=300, raw=True), hwc[::2, ::2])  # k = ceil(sqrt(1200 / 300))
+
+
+def test_large_uncompressed_tiff_is_memory_mapped(tmp_path, monkeypatch):
+    import bioaug.formats.images as images
+
+    monkeypatch.setattr(images, "LAZY_TIFF_PIXELS", 1000)
     arr = np.arange(600 * 700, dtype=np.uint16).reshape(600, 700)
     tifffile.imwrite(tmp_path / "big.tif", arr)
+    tifffile.imwrite(tmp_path / "big-endian.tif", arr.astype(">u2"), byteorder=">")
+    np.testing.assert_array_equal(open_image(tmp_path / "big-endian.tif").read()[..., 0], arr)
     src = open_image(tmp_path / "big.tif")
     assert type(src.array).__name__ == "MappedTiff"  # read region by region, never whole
     np.testing.assert_array_equal(src.region(100, 200, 16, 16)[..., 0], arr[100:116, 200:216])

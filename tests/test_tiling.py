@@ -87,7 +87,7 @@ def test_gathered_crops_equal_region_reads_everywhere(h, w):
             ys = rng.integers(-size // 2 + 1, h + size // 2, 40).astype(float)
             xs = rng.integers(-size // 2 + 1, w + size // 2, 40).astype(float)
             crops = gather_crops(src, xs, ys, size)
-            assert crops.dtype == np.float32 and crops.shape == (40, size, size, 3 if channels is None else 2)
+            assert crops.dtype == img.dtype and crops.shape == (40, size, size, 3 if channels is None else 2)
             for x, y, crop in zip(xs, ys, crops):
                 want = src.region(int(round(y)) - size // 2, int(round(x)) - size // 2, size, size)
                 np.testing.assert_array_equal(crop, want, err_msg=f"{h}x{w}, size {size}, at ({x}, {y})")
@@ -189,14 +189,52 @@ def test_an_index_without_pixel_counts_is_cut_by_image_count():
 
 
 def test_histogram_percentiles_equal_numpy():
-
     rng = np.random.default_rng(3)
     for dtype, hi in ((np.uint8, 255), (np.uint16, 60000)):
         img = rng.integers(0, hi, (37, 41, 2)).astype(dtype)
-        low, high = percentile_stats(img, 1.0, 99.8)
-        ref = np.percentile(img.reshape(-1, 2).astype(np.float64), [1.0, 99.8], axis=0)
-        np.testing.assert_allclose(low, ref[0], rtol=1e-6)
-        np.testing.assert_allclose(high, ref[1], rtol=1e-6)
+        # interleaved (YXC), channel-planar (a CYX file seen as YXC) and a strided sample of it
+        for view in (img, np.moveaxis(np.ascontiguousarray(np.moveaxis(img, -1, 0)), 0, -1), img[::3, ::2]):
+            low, high = percentile_stats(view, 1.0, 99.8)
+            ref = np.percentile(view.reshape(-1, 2).astype(np.float64), [1.0, 99.8], axis=0)
+            np.testing.assert_allclose(low, ref[0], rtol=1e-6)
+            np.testing.assert_allclose(high, ref[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
+def test_apply_stats_takes_raw_pixels_and_views(dtype):
+    """Normalising the file's own pixel type (and a channel-planar view) gives exactly what
+    normalising its float32 copy gives: (x - low) / (high - low), clipped, a flat channel 0."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 250, (5, 6, 7, 3)).astype(dtype)
+    low, high = np.array([10, 20, 50], np.float32), np.array([200, 120, 50], np.float32)  # channel 2 flat
+    want = np.clip((x.astype(np.float32) - low) / np.where(high > low, high - low, 1).astype(np.float32), 0, 1)
+    planar = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, -1, 1)), 1, -1)
+    for view in (x, planar):
+        out = apply_stats(view, low, high)
+        assert out.dtype == np.float32 and out.flags.c_contiguous
+        np.testing.assert_array_equal(out, want)
+    assert (want[..., 2] == np.clip(x[..., 2].astype(np.float32) - 50, 0, 1)).all()
+
+
+def test_percentiles_of_a_large_image_come_from_a_grid_sample(tmp_path):
+    """tiles.percentile_pixels: an image up to that many pixels per channel is exact; a larger
+    one takes every k-th row and column; null takes every pixel. The shard's norm table says
+    which values were used."""
+    from bioaug.stages.tile import tile_shard
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 60000, (2, 300, 200), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "f.tif", img, photometric="minisblack", metadata={"axes": "CYX"})
+    index = pd.DataFrame(
+        {"item_id": ["a"], "image": ["f.tif"], "group": 0, "label": "a", "kind": "point", "x": 100.0, "y": 150.0}
+    )
+    for budget, k in ((60_000, 1), (None, 1), (10_000, 3), (1024, 8)):  # k = ceil(sqrt(60000 / budget))
+        out = tmp_path / f"s{budget}" / "shard-00000.npy"
+        tile_shard(tmp_path, index, ["f.tif"], tiles_cfg(size=16, percentile_pixels=budget), out)
+        norm = pd.read_csv(shard_files(out)[2])
+        want = np.percentile(img[:, ::k, ::k].reshape(2, -1).astype(np.float64), [1.0, 99.8], axis=1)
+        np.testing.assert_allclose(norm["low"], want[0], rtol=1e-6)
+        np.testing.assert_allclose(norm["high"], want[1], rtol=1e-6)
 
 
 def test_streamed_shard_equals_in_memory_tiles(tmp_path):

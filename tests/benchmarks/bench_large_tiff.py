@@ -50,6 +50,7 @@ BASE_TILES = {
     "size": TILE,
     "channels": None,
     "percentiles": [1.0, 99.8],
+    "percentile_pixels": 65536,
     "shard_size": 48,
     "context": "fixed",
     "box_margin": 0.25,

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
+from bioaug.formats.shards import shard_files
 from bioaug.stages.index import index_dataset
 from bioaug.stages.tile import tile_shard
 
@@ -42,6 +43,7 @@ TILES_CFG = {
     "size": 32,
     "channels": None,
     "percentiles": [1.0, 99.8],
+    "percentile_pixels": 65536,
     "shard_size": 48,
     "context": "fixed",
     "box_margin": 0.25,
@@ -61,8 +63,9 @@ def _stamp(radius: float) -> np.ndarray:
     return np.exp(-(xx**2 + yy**2) / (2 * radius**2))
 
 
-def make_dataset(root: Path, n_files: int, size: int = 512, cells: int = 30, seed: int = 0) -> int:
-    """N fields (2, size, size) uint16 with Gaussian 'cells'; returns the number of points."""
+def make_dataset(root: Path, n_files: int, size: int = 512, cells: int = 30, seed: int = 0, channels: int = 2) -> int:
+    """N fields (2, size, size) uint16 with Gaussian 'cells' (channels=1: the nuclear channel
+    alone, a YX TIFF); returns the number of points."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     nucleus, cyto = _stamp(4.0), _stamp(9.0)
@@ -85,8 +88,10 @@ def make_dataset(root: Path, n_files: int, size: int = 512, cells: int = 30, see
                     amp * rng.uniform(0.6, 1.4) * stamp[t - cy + r : b - cy + r, l - cx + r : rr - cx + r]
                 )
         rel = f"images/field_{i:04d}.tif"
+        pixels = np.clip(img[:channels], 0, 65535).astype(np.uint16)
+        axes = "CYX" if channels > 1 else "YX"
         tifffile.imwrite(
-            root / rel, np.clip(img, 0, 65535).astype(np.uint16), photometric="minisblack", metadata={"axes": "CYX"}
+            root / rel, pixels if channels > 1 else pixels[0], photometric="minisblack", metadata={"axes": axes}
         )
         rows.extend((rel, lab, round(float(x), 1), round(float(y), 1)) for lab, x, y in zip(labels, xs, ys))
     pd.DataFrame(rows, columns=["image", "label", "x", "y"]).to_csv(root / "annotations.csv", index=False)
@@ -102,6 +107,8 @@ def plain_read(root: Path, images: list[str]) -> float:
 
 def tiling(root: Path, items: pd.DataFrame, images: list[str]) -> tuple[float, int]:
     out = root / "shards" / "shard-00000.npy"
+    for old in shard_files(out):  # as Snakemake removes a job's outputs before it runs
+        old.unlink(missing_ok=True)
     t0 = time.perf_counter()
     n = tile_shard(root, items, images, TILES_CFG, out)
     return time.perf_counter() - t0, n
@@ -122,15 +129,23 @@ def main(argv=None) -> dict:
     ap.add_argument("--small", action="store_true", help="quick smoke version (16 files, 3 repetitions)")
     ap.add_argument("--n-files", type=int, default=None, help="number of fields (default 64, --small 16)")
     ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 5, --small 3)")
+    ap.add_argument(
+        "--percentile-pixels",
+        type=lambda v: None if v == "null" else int(v),
+        default=TILES_CFG["percentile_pixels"],
+        help="tiles.percentile_pixels (default: config.yaml's; null = every pixel, exact)",
+    )
+    ap.add_argument("--channels", type=int, choices=(1, 2), default=2, help="2: CYX fields; 1: YX (one channel)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile summary of one tile_shard call")
     args = ap.parse_args(argv)
     n_files = args.n_files or (16 if args.small else 64)
     reps = args.reps or (3 if args.small else 5)
+    TILES_CFG["percentile_pixels"] = args.percentile_pixels
 
     with tempfile.TemporaryDirectory(prefix="bioaug-bench-tiling-") as tmp:
         root = Path(tmp) / "data"
         t0 = time.perf_counter()
-        n_points = make_dataset(root, n_files)
+        n_points = make_dataset(root, n_files, channels=args.channels)
         t_make = time.perf_counter() - t0
         t0 = time.perf_counter()
         items, rejected = index_dataset(root, {"format": "points", "annotations": "annotations.csv"}, TILES_CFG)
@@ -155,6 +170,8 @@ def main(argv=None) -> dict:
     res = {
         "benchmark": "tiling",
         "n_files": n_files,
+        "channels": args.channels,
+        "percentile_pixels": args.percentile_pixels,
         "n_tiles": n_tiles,
         "reps": reps,
         "read_s": read_med,
@@ -166,7 +183,8 @@ def main(argv=None) -> dict:
         "index_s": t_index,
     }
     print(
-        f"bench_tiling: {n_files} fields 2x512x512 uint16 (CYX), {n_tiles} point tiles of "
+        f"bench_tiling: {n_files} fields {args.channels}x512x512 uint16 ({'CYX' if args.channels > 1 else 'YX'}), "
+        f"{n_tiles} point tiles of "
         f"{TILES_CFG['size']} px; median of {reps} interleaved repetitions (dataset written in "
         f"{t_make:.1f} s, indexed in {t_index:.2f} s)"
     )

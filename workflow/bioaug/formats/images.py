@@ -1,9 +1,10 @@
 """Reading source images, whole or region by region, with errors that name the file.
 
 `open_image` gives an `ImageSource` whose regions can be read without loading the image:
-uncompressed TIFFs are mapped row block by row block (MappedTiff), large compressed or tiled
-TIFFs are read through tifffile's zarr interface (LazyTiff), so tiling a 16k x 16k image
-keeps only the tiles in flight in memory. Small compressed TIFFs, PNG and JPEG are read whole.
+large uncompressed TIFFs are mapped row block by row block (MappedTiff), large compressed or
+tiled TIFFs are read through tifffile's zarr interface (LazyTiff), so tiling a 16k x 16k image
+keeps only the tiles in flight in memory. Smaller TIFFs (LAZY_TIFF_PIXELS), PNG and JPEG are
+read whole.
 Images inside an NPZ file are addressed as `file.npz::{split}_images/{index}`.
 All arrays come back as (H, W, C) float32.
 
@@ -96,11 +97,12 @@ class ImageSource:
     def read(self) -> np.ndarray:
         return self.select_channels(self.array[:, :])
 
-    def sample(self, max_pixels: int = STATS_SAMPLE_PIXELS, raw: bool = False) -> np.ndarray:
-        """The whole image, or a regular strided sample of it when it is large
-        (in the file's own dtype when `raw`, else float32)."""
+    def sample(self, max_pixels: int | None = STATS_SAMPLE_PIXELS, raw: bool = False) -> np.ndarray:
+        """The whole image, or, when it has more than `max_pixels` pixels per channel, a
+        regular grid of every k-th row and column with at most that many (None: always the
+        whole image); in the file's own dtype when `raw`, else float32."""
         h, w, _ = self.array.shape
-        k = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+        k = 1 if max_pixels is None else max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
         return self.select_channels(self.array[::k, ::k], raw=raw)
 
 
@@ -172,7 +174,9 @@ class LazyTiff:
         return part.reshape(part.shape[0], part.shape[1], -1)
 
 
-# Compressed/tiled TIFFs above this many pixels are read lazily (zarr) instead of whole.
+# TIFFs above this many pixels per plane are read region by region: row blocks of an
+# uncompressed one mapped in turn (MappedTiff), a compressed or tiled one through zarr
+# (LazyTiff). Smaller ones are read whole (the tile stage then crops all objects at once).
 LAZY_TIFF_PIXELS = 16 * 1024 * 1024
 
 
@@ -300,13 +304,14 @@ def _tiff_pixels(tif, path: Path, limits: ImageLimits | None):
         if ax not in "YXCS" and n != 1:  # refused before anything is read
             raise BioaugError(f"{path}: axis {ax!r} has {n} planes; only single-plane images are supported")
     page = series.pages[0] if len(series.pages) else None
-    contiguous = page is not None and len(series.pages) == 1 and page.is_contiguous and page.is_memmappable
-    if contiguous and axes in ("YX", "YXS"):
-        return MappedTiff(path, page.dataoffsets[0], tuple(shape), page.dtype)  # nothing read yet
     dims = dict(zip(axes, shape))
-    single_plane = all(n == 1 for a, n in dims.items() if a not in "YXCS")
-    if single_plane and "Y" in dims and "X" in dims and dims["Y"] * dims["X"] > LAZY_TIFF_PIXELS:
-        return LazyTiff(path, axes, tuple(shape), series.dtype)
+    if "Y" in dims and "X" in dims and dims["Y"] * dims["X"] > LAZY_TIFF_PIXELS:
+        contiguous = page is not None and len(series.pages) == 1 and page.is_contiguous and page.is_memmappable
+        if contiguous and axes in ("YX", "YXS"):
+            dtype = np.dtype(page.dtype).newbyteorder(tif.byteorder)  # tifffile reports the native order
+            return MappedTiff(path, page.dataoffsets[0], tuple(shape), dtype)  # nothing read yet
+        if all(n == 1 for a, n in dims.items() if a not in "YXCS"):
+            return LazyTiff(path, axes, tuple(shape), series.dtype)
     arr = series.asarray()
     return _to_hwc(arr, axes, shape, path)
 

@@ -16,7 +16,7 @@ re-tile anything.
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
 import numpy as np
@@ -73,50 +73,59 @@ def shard_files(npy_path: str | Path) -> tuple[Path, Path, Path]:
 
 
 class ShardWriter:
-    """Write a shard tile by tile: tiles go to a scratch file as they come, and the .npy is
-    assembled in chunks at the end, so memory never holds the whole shard."""
+    """Write a shard tile by tile, straight into its .npy: the file starts with a header of
+    fixed length, tiles are appended as they come (memory never holds the whole shard) and,
+    once their number is known, the header is rewritten in place with the final shape. The
+    .npy is written under a temporary name and moved into place only by `finish`."""
+
+    HEADER_BYTES = 256  # room for any shape's header, padded to a multiple of 64 (the .npy alignment)
 
     def __init__(self, npy_path, tile_hw: tuple[int, int]):
         self.npy_path = Path(npy_path)
         self.tile_hw = tuple(tile_hw)
         self.n, self.channels, self.meta = 0, None, []
         self.npy_path.parent.mkdir(parents=True, exist_ok=True)
-        self._raw_path = self.npy_path.with_name(f".{self.npy_path.name}.raw")
-        self._raw = open(self._raw_path, "wb")
+        self._part_path = self.npy_path.with_name(f".{self.npy_path.name}.part")
+        self._out = open(self._part_path, "wb")
+        self._out.write(b"\0" * self.HEADER_BYTES)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self._raw.close()
-        self._raw_path.unlink(missing_ok=True)
+        self._out.close()
+        self._part_path.unlink(missing_ok=True)
 
     def add(self, tiles: np.ndarray, meta_rows: list[dict]) -> None:
         if self.channels is None:
             self.channels = tiles.shape[-1]
-        self._raw.write(np.ascontiguousarray(tiles, dtype=np.float32).tobytes())
+        self._out.write(np.ascontiguousarray(tiles, dtype=np.float32).data)
         self.meta.extend(meta_rows)
         self.n += len(tiles)
 
     def finish(self, norm: pd.DataFrame) -> None:
-        self._raw.close()
         shape = (self.n, *self.tile_hw, self.channels or 1)
+        self._out.seek(0)
+        self._out.write(npy_header(shape, np.float32, self.HEADER_BYTES))
+        self._out.close()
         npy, csv, norm_csv = shard_files(self.npy_path)
         with atomic_path(norm_csv) as tmp:
             norm.to_csv(tmp, index=False)
         with atomic_path(csv) as tmp:
             pd.DataFrame(self.meta, columns=META_COLUMNS).to_csv(tmp, index=False)
-        with atomic_path(npy) as tmp:
-            # .npy header, then the raw bytes copied through a small buffer: no memory map,
-            # whose touched pages would count as resident memory.
-            header = {
-                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                "fortran_order": False,
-                "shape": shape,
-            }
-            with open(tmp, "wb") as out, open(self._raw_path, "rb") as raw:
-                np.lib.format.write_array_header_1_0(out, header)
-                shutil.copyfileobj(raw, out, length=16 * 1024 * 1024)
+        os.replace(self._part_path, npy)
+
+
+def npy_header(shape: tuple, dtype, length: int) -> bytes:
+    """A version 1.0 .npy header of exactly `length` bytes (magic and length field included)
+    for a C-ordered array: numpy's own header text, padded with spaces."""
+    shape = tuple(int(d) for d in shape)
+    text = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+    prefix = np.lib.format.magic(1, 0)
+    body_len = length - len(prefix) - 2
+    if len(text) + 1 > body_len:
+        raise ValueError(f"a .npy header for shape {shape} does not fit in {length} bytes")
+    return prefix + body_len.to_bytes(2, "little") + (text.ljust(body_len - 1) + "\n").encode("latin1")
 
 
 def select_tiles(shard_npys, items: pd.DataFrame, splits=("train",)):

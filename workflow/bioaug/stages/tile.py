@@ -41,22 +41,19 @@ def run(data_dir, index_csv, shard: int, cfg: dict, out_npy) -> int:
 
 
 def percentile_stats(sample: np.ndarray, low_pct: float, high_pct: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel low/high percentiles of an image (or of a regular sample of it).
+    """Per-channel (last axis) low/high percentiles of an image (or of a regular sample of it).
 
     8/16-bit images take a histogram path that gives exactly np.percentile's linear
-    interpolation, several times faster than its partition: one bincount over all channels
-    at once (each channel's values offset into its own range of bins), one cumulative sum.
+    interpolation, several times faster than its partition: one bincount and one cumulative
+    sum per channel, over the channel's plane as it lies in memory (a channel-planar CYX image
+    needs no interleaving copy).
     """
-    flat = sample.reshape(-1, sample.shape[-1])
-    if flat.dtype in (np.uint8, np.uint16) and len(flat):
-        c = flat.shape[1]
-        bins = int(flat.max()) + 1
-        codes = flat.astype(np.intp)
-        codes += np.arange(c, dtype=np.intp) * bins
-        # ravel in memory order: a channel-planar (CYX) image needs no transposing copy
-        cum = np.cumsum(np.bincount(codes.ravel(order="K"), minlength=c * bins).reshape(c, bins), axis=1)
-        stats = np.array([_hist_percentiles(cum[k], (low_pct, high_pct)) for k in range(c)])
+    c = sample.shape[-1]
+    if sample.dtype in (np.uint8, np.uint16) and sample.size:
+        pcts = (low_pct, high_pct)
+        stats = np.array([_hist_percentiles(np.cumsum(np.bincount(sample[..., k].ravel())), pcts) for k in range(c)])
         return stats[:, 0].astype(np.float32), stats[:, 1].astype(np.float32)
+    flat = sample.reshape(-1, c)
     low, high = np.percentile(flat.astype(np.float32, copy=False), [low_pct, high_pct], axis=0)
     return low.astype(np.float32), high.astype(np.float32)
 
@@ -91,9 +88,19 @@ def _hist_percentiles(cum: np.ndarray, pcts) -> list[float]:
 
 
 def apply_stats(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Map low/high to 0/1 per channel, clipped; a flat channel maps to 0."""
+    """Map low/high to 0/1 per channel (last axis), clipped, as float32; a flat channel maps
+    to 0. `x` may be in the file's own pixel type, and a strided view.
+
+    One channel at a time with scalar low and scale: numpy broadcasting a per-channel vector
+    over an interleaved (..., C) array runs inner loops of length C, several times slower."""
     scale = np.where(high > low, high - low, 1.0).astype(np.float32)
-    return np.clip((x - low) / scale, 0.0, 1.0).astype(np.float32)
+    out = np.empty(x.shape, np.float32)
+    for k in range(x.shape[-1]):
+        o = out[..., k]
+        np.subtract(x[..., k], low[k], out=o, dtype=np.float32)
+        o /= scale[k]
+        np.clip(o, 0.0, 1.0, out=o)
+    return out
 
 
 def reflect_index(start: np.ndarray, size: int, lo: int, hi: int, edge: np.ndarray) -> np.ndarray:
@@ -112,21 +119,35 @@ def reflect_index(start: np.ndarray, size: int, lo: int, hi: int, edge: np.ndarr
 
 
 def gather_crops(src, xs: np.ndarray, ys: np.ndarray, size: int) -> np.ndarray:
-    """Crops of an in-memory image source, all in one fancy-indexed gather on the raw pixels;
+    """Crops of an in-memory image source, (n, size, size, C) in the file's own pixel type
+    (a view of channel-planar memory: apply_stats makes the float32 copy).
+
+    Crops inside the image come in one gather from a sliding-window view, row by row (rows
+    of a channel plane are contiguous, so a CYX image is never gathered pixel by pixel);
     crops that reach past the border are reflect-padded exactly as ImageSource.region does."""
-    h, w, _ = src.array.shape
+    arr = src.array
+    h, w, c = arr.shape
     tops = np.round(np.asarray(ys, float)).astype(int) - size // 2
     lefts = np.round(np.asarray(xs, float)).astype(int) - size // 2
     outside = (tops + size <= 0) | (lefts + size <= 0) | (tops >= h) | (lefts >= w)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
         raise BioaugError(f"{src.path}: region at ({lefts[i]}, {tops[i]}) lies outside the {w}x{h} image")
-    one_pixel = (np.minimum(tops + size, h) - np.maximum(tops, 0) == 1) | (
-        np.minimum(lefts + size, w) - np.maximum(lefts, 0) == 1
-    )
-    rows, cols = reflect_index(tops, size, 0, h, one_pixel), reflect_index(lefts, size, 0, w, one_pixel)
-    crops = src.array[rows[:, :, None], cols[:, None, :]]  # (n, size, size, C)
-    return src.select_channels(crops)
+    inside = (tops >= 0) & (lefts >= 0) & (tops + size <= h) & (lefts + size <= w)
+    if inside.all():
+        crops = np.lib.stride_tricks.sliding_window_view(arr, (size, size), axis=(0, 1))[tops, lefts]
+    else:
+        crops = np.empty((len(tops), c, size, size), arr.dtype)
+        if inside.any():
+            windows = np.lib.stride_tricks.sliding_window_view(arr, (size, size), axis=(0, 1))
+            crops[inside] = windows[tops[inside], lefts[inside]]
+        t, l = tops[~inside], lefts[~inside]
+        one_pixel = (np.minimum(t + size, h) - np.maximum(t, 0) == 1) | (
+            np.minimum(l + size, w) - np.maximum(l, 0) == 1
+        )
+        rows, cols = reflect_index(t, size, 0, h, one_pixel), reflect_index(l, size, 0, w, one_pixel)
+        crops[~inside] = np.moveaxis(arr, -1, 0)[:, rows[:, :, None], cols[:, None, :]].swapaxes(0, 1)
+    return src.select_channels(np.moveaxis(crops, 1, -1), raw=True)  # (n, C, size, size) -> C last
 
 
 def resize(tile: np.ndarray, size: int) -> np.ndarray:
@@ -209,7 +230,7 @@ def iter_tiles(root: str | Path, index: pd.DataFrame, images: list[str], cfg: di
                 f"{root / image}: has {src.shape[-1]} channel(s), other images in this shard have "
                 f"{channels}; choose common channels with tiles.channels"
             )
-        low, high, method = normalisation_stats(src.sample(raw=True), cfg)
+        low, high, method = normalisation_stats(src.sample(cfg["percentile_pixels"], raw=True), cfg)
         if stats is not None:
             stats.extend(
                 {"image": image, "channel": c, "low": lo, "high": hi, "method": method}
