@@ -388,3 +388,37 @@ def test_tiles_carry_their_pixel_size(tmp_path, mode, zoom):
             assert np.isnan(got), image
         else:
             assert got == pytest.approx(want * zoom, rel=1e-6), image
+
+
+def test_shard_writer_writes_the_npy_once_and_leaves_nothing_on_failure(tmp_path):
+    """The .npy is written in place behind a fixed-length header (no scratch copy): numpy and
+    its memory map read it, an empty shard included; a failure leaves neither the .npy nor
+    its partial file, so nothing looks complete to Snakemake."""
+    from bioaug.formats.shards import NORM_COLUMNS, ShardWriter
+
+    norm = pd.DataFrame(columns=NORM_COLUMNS)
+    tiles = np.random.default_rng(6).random((7, 5, 5, 3), dtype=np.float32)
+    meta = [{"tile_id": f"t{i}", "item_id": f"t{i}", "label": "a", "image": "f.tif"} for i in range(7)]
+    out = tmp_path / "ok" / "shard-00000.npy"
+    with ShardWriter(out, (5, 5)) as writer:
+        writer.add(tiles[:3], meta[:3])
+        writer.add(tiles[3:], meta[3:])
+        writer.finish(norm)
+    np.testing.assert_array_equal(np.load(out), tiles)
+    assert np.load(out, mmap_mode="r").shape == (7, 5, 5, 3)
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "shard-00000.csv",
+        "shard-00000.norm.csv",
+        "shard-00000.npy",
+    ]
+
+    empty = tmp_path / "empty" / "shard-00000.npy"
+    with ShardWriter(empty, (5, 5)) as writer:
+        writer.finish(norm)
+    assert np.load(empty).shape == (0, 5, 5, 1)
+
+    failed = tmp_path / "failed" / "shard-00000.npy"
+    with pytest.raises(RuntimeError, match="killed"), ShardWriter(failed, (5, 5)) as writer:
+        writer.add(tiles, meta)
+        raise RuntimeError("killed mid-shard")
+    assert list(failed.parent.iterdir()) == []
