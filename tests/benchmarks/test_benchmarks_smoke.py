@@ -138,3 +138,28 @@ def test_bench_judges_on_a_finished_run(tiny_run):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode != 0 and "--arm real+gan: not an arm on real tiles" in bad.stderr
+
+
+def test_probe_two_sample_on_a_finished_run(tiny_run, tmp_path):
+    """probe_two_sample.py reruns the C2ST per class on transformed tiles of a finished run and
+    reports the saturation shares (real tiles carry exact 0s and 1s from normalisation)."""
+    png = tmp_path / "hist.png"
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "probe_two_sample.py"), str(tiny_run / "results" / "tiny"),
+         "--n", "16", "--steps", "3", "--variants", "raw", "sorted_pixels", "--png", str(png)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    classes = res["classes"]
+    pipeline = json.loads((tiny_run / "results" / "tiny" / "fold-0" / "classify" / "real" / "seed-0.json").read_text())
+    assert sorted(classes) == sorted(pipeline["class_names"])
+    for name, row in classes.items():
+        assert 0 < row["n"] <= 16, name
+        assert 0 <= row["raw"] <= 1 and 0 <= row["sorted_pixels"] <= 1, name
+        assert all(0 <= v <= 1 for v in row["exact_0"] + row["exact_1"]), name
+    assert sum(row["exact_0"][0] + row["exact_1"][0] for row in classes.values()) > 0  # clipped by normalisation
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.width > 300 and im.height > 200
