@@ -11,6 +11,8 @@ applied alike to real and synthetic tiles:
   blur1+extremes    both of the above
   sorted_pixels     each channel's pixel values sorted within the tile: the intensity
                     distribution alone, no shape or layout at all
+  centre            the central half of the tile (the cell), enlarged 2x by repetition
+  border_only       the tile with its central half set to 0: the background frame alone
 
 and reports, per class, the share of pixels at exactly 0 and 1 and the border frame's
 standard deviation (background unevenness) of both sides. With --png, per-class histograms of
@@ -49,12 +51,27 @@ def sorted_pixels(t: np.ndarray) -> np.ndarray:
     return np.sort(t.reshape(n, h * w, c), axis=1).reshape(n, h, w, c)
 
 
+def centre(t: np.ndarray) -> np.ndarray:
+    h, w = t.shape[1:3]
+    part = t[:, h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2]
+    return np.repeat(np.repeat(part, 2, axis=1), 2, axis=2)
+
+
+def border_only(t: np.ndarray) -> np.ndarray:
+    h, w = t.shape[1:3]
+    out = t.copy()
+    out[:, h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = 0
+    return out
+
+
 VARIANTS = {
     "raw": lambda t: t,
     "extremes_clipped": extremes_clipped,
     "blur1": blur,
     "blur1+extremes": lambda t: extremes_clipped(blur(t)),
     "sorted_pixels": sorted_pixels,
+    "centre": centre,
+    "border_only": border_only,
 }
 
 
