@@ -134,12 +134,13 @@ def gather_crops(src, xs: np.ndarray, ys: np.ndarray, size: int) -> np.ndarray:
         i = int(np.flatnonzero(outside)[0])
         raise BioaugError(f"{src.path}: region at ({lefts[i]}, {tops[i]}) lies outside the {w}x{h} image")
     inside = (tops >= 0) & (lefts >= 0) & (tops + size <= h) & (lefts + size <= w)
+    if inside.any():  # (h - size + 1, w - size + 1, C, size, size), a view
+        windows = np.lib.stride_tricks.sliding_window_view(arr, (size, size), axis=(0, 1))
     if inside.all():
-        crops = np.lib.stride_tricks.sliding_window_view(arr, (size, size), axis=(0, 1))[tops, lefts]
+        crops = windows[tops, lefts]
     else:
         crops = np.empty((len(tops), c, size, size), arr.dtype)
         if inside.any():
-            windows = np.lib.stride_tricks.sliding_window_view(arr, (size, size), axis=(0, 1))
             crops[inside] = windows[tops[inside], lefts[inside]]
         t, l = tops[~inside], lefts[~inside]
         one_pixel = (np.minimum(t + size, h) - np.maximum(t, 0) == 1) | (
