@@ -213,7 +213,6 @@ def test_apply_stats_takes_raw_pixels_and_views(dtype):
         out = apply_stats(view, low, high)
         assert out.dtype == np.float32 and out.flags.c_contiguous
         np.testing.assert_array_equal(out, want)
-    assert (want[..., 2] == np.clip(x[..., 2].astype(np.float32) - 50, 0, 1)).all()
 
 
 def test_percentiles_of_a_large_image_come_from_a_grid_sample(tmp_path):

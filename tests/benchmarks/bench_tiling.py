@@ -105,19 +105,19 @@ def plain_read(root: Path, images: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def tiling(root: Path, items: pd.DataFrame, images: list[str]) -> tuple[float, int]:
+def tiling(root: Path, items: pd.DataFrame, images: list[str], cfg: dict) -> tuple[float, int]:
     out = root / "shards" / "shard-00000.npy"
     for old in shard_files(out):  # as Snakemake removes a job's outputs before it runs
         old.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    n = tile_shard(root, items, images, TILES_CFG, out)
+    n = tile_shard(root, items, images, cfg, out)
     return time.perf_counter() - t0, n
 
 
-def profile_tiling(root: Path, items: pd.DataFrame, images: list[str], top: int = 18) -> str:
+def profile_tiling(root: Path, items: pd.DataFrame, images: list[str], cfg: dict, top: int = 18) -> str:
     prof = cProfile.Profile()
     prof.enable()
-    tile_shard(root, items, images, TILES_CFG, root / "shards" / "profiled.npy")
+    tile_shard(root, items, images, cfg, root / "shards" / "profiled.npy")
     prof.disable()
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     n_files = args.n_files or (16 if args.small else 64)
     reps = args.reps or (3 if args.small else 5)
-    TILES_CFG["percentile_pixels"] = args.percentile_pixels
+    cfg = {**TILES_CFG, "percentile_pixels": args.percentile_pixels}
 
     with tempfile.TemporaryDirectory(prefix="bioaug-bench-tiling-") as tmp:
         root = Path(tmp) / "data"
@@ -148,13 +148,13 @@ def main(argv=None) -> dict:
         n_points = make_dataset(root, n_files, channels=args.channels)
         t_make = time.perf_counter() - t0
         t0 = time.perf_counter()
-        items, rejected = index_dataset(root, {"format": "points", "annotations": "annotations.csv"}, TILES_CFG)
+        items, rejected = index_dataset(root, {"format": "points", "annotations": "annotations.csv"}, cfg)
         t_index = time.perf_counter() - t0
         images = sorted(items["image"].unique())
         assert len(images) == n_files and len(items) == n_points, (len(images), len(items), rejected)
 
         plain_read(root, images)  # warm-up: page cache, imports, first-call costs
-        tiling(root, items, images)
+        tiling(root, items, images, cfg)
         read_s, tile_s, n_tiles = [], [], 0
         for rep in range(reps):  # interleaved, alternating order, so drift hits both alike
             order = ("read", "tile") if rep % 2 == 0 else ("tile", "read")
@@ -162,9 +162,9 @@ def main(argv=None) -> dict:
                 if what == "read":
                     read_s.append(plain_read(root, images))
                 else:
-                    dt, n_tiles = tiling(root, items, images)
+                    dt, n_tiles = tiling(root, items, images, cfg)
                     tile_s.append(dt)
-        prof_text = profile_tiling(root, items, images) if args.profile else None
+        prof_text = profile_tiling(root, items, images, cfg) if args.profile else None
 
     read_med, tile_med = statistics.median(read_s), statistics.median(tile_s)
     res = {

@@ -29,9 +29,8 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES
 NPZ_SEPARATOR = "::"
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.int8, np.int16, np.int32, np.uint32, np.float16, np.float32, np.float64)
-# Validation reads strips of this many pixels; statistics use a strided sample of at most this many.
+# Validation reads strips of this many pixels.
 VALIDATE_STRIP_PIXELS = 8 * 1024 * 1024
-STATS_SAMPLE_PIXELS = 4 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +96,7 @@ class ImageSource:
     def read(self) -> np.ndarray:
         return self.select_channels(self.array[:, :])
 
-    def sample(self, max_pixels: int | None = STATS_SAMPLE_PIXELS, raw: bool = False) -> np.ndarray:
+    def sample(self, max_pixels: int | None, raw: bool = False) -> np.ndarray:
         """The whole image, or, when it has more than `max_pixels` pixels per channel, a
         regular grid of every k-th row and column with at most that many (None: always the
         whole image); in the file's own dtype when `raw`, else float32."""
