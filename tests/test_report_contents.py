@@ -228,13 +228,14 @@ def check_report_tables(
     if quality is not None:
         headers, rows = md_table(md, MD_TITLES["gan_quality"])
         assert len(rows) == len(quality)
+        column_of = {header: col for col, (header, _) in report.QUALITY_COLUMNS.items()}
+        assert headers[0] == "class"
+        assert {column_of[h] for h in headers[1:]} == set(quality.columns) & set(column_of.values())
         for row, q in zip(rows, quality.to_dict("records")):
             assert row[0] == ("all classes" if q["class"] == "all" else q["class"])
-            assert row[1:3] == [str(q["n_real_train"]), str(q["n_synthetic"])]
-            for col, cell in zip(["fid", "kid", "precision", "recall", "density", "coverage"], row[3:9]):
-                assert cell == ("n/a" if pd.isna(q[col]) else f"{q[col]:.3f}"), (col, q["class"])
-            for col, cell in zip(["near_copy_share_feature", "near_copy_share_pixel"], row[9:11]):
-                assert cell == ("n/a" if pd.isna(q[col]) else f"{100 * q[col]:.1f}"), (col, q["class"])
+            for header, cell in zip(headers[1:], row[1:]):
+                col = column_of[header]
+                assert cell == quality_cell(q[col], report.QUALITY_COLUMNS[col][1]), (col, q["class"])
 
     # selective synthesis: the acceptance section exactly when the filter was on
     selective = acceptance is not None and acceptance["min_confidence"].notna().any()
@@ -317,6 +318,13 @@ def build_report(tmp_path, results, names, quality, acceptance, min_support=10):
     return md, pages, arm_table, verdicts, n_train
 
 
+def quality_cell(value, digits) -> str:
+    """A gan_quality.csv value as the report should print it (digits: None a count, "%" a share)."""
+    if pd.isna(value):
+        return "n/a"
+    return str(int(value)) if digits is None else f"{100 * value:.1f}" if digits == "%" else f"{value:.{digits}f}"
+
+
 def fake_quality(names) -> pd.DataFrame:
     rows = [{"class": "all", "n_real_train": 30, "n_synthetic": 20}] + [
         {"class": c, "n_real_train": 10, "n_synthetic": 0 if i == 0 else 10} for i, c in enumerate(names)
@@ -325,6 +333,8 @@ def fake_quality(names) -> pd.DataFrame:
     for j, col in enumerate(["fid", "kid", "precision", "recall", "density", "coverage"]):
         q[col] = [0.1234 * (j + 1) + 0.01 * i for i in range(len(q))]
     q["near_copy_share_feature"], q["near_copy_share_pixel"] = 0.0125, 0.5
+    q["heldout_precision"], q["n_real_heldout"] = 0.6789, 7
+    q["heldout_c2st_accuracy"] = [np.nan] + [0.5 + 0.01 * i for i in range(1, len(q))]  # per class only
     q.loc[1, ["fid", "kid", "precision", "near_copy_share_pixel"]] = np.nan  # the class without synthetic tiles
     return q
 
@@ -517,6 +527,15 @@ def test_tiny_run_report_says_what_its_metric_files_say(tiny_run):
     per_class = quality.drop(index="all")
     assert np.isnan(quality.loc["all", "c2st_accuracy"])  # the two-sample test is per class
     assert per_class["c2st_accuracy"].between(0, 1).all() and (per_class["c2st_n_test"] >= 4).all()
+    # the held-out reference: the class's val + test tiles in place of the synthetic ones
+    items = pd.read_csv(res / "fold-0" / "items.csv", dtype={"label": str})
+    held = items[items["split"].isin(["val", "test"])]
+    assert quality.loc["all", "n_real_heldout"] == len(held)
+    assert per_class["n_real_heldout"].to_dict() == held["label"].value_counts().to_dict()
+    assert quality["heldout_precision"].between(0, 1).all() and np.isnan(quality.loc["all", "heldout_c2st_accuracy"])
+    assert per_class["heldout_c2st_accuracy"].between(0, 1).all()
+    m = per_class[["n_real_train", "n_real_heldout"]].min(axis=1)  # tiles per side of the test
+    assert (per_class["heldout_c2st_n_test"] == np.where(m >= 4, 2 * (m - m // 2), 0)).all()
     assert "real vs synthetic told apart (accuracy)" in (res / "summary.md").read_text()
     for png in ("recall_by_arm", "f1_by_arm", "forest", "confusion", "gan_losses", "real_vs_synthetic"):
         assert png_dpi(res / "report" / f"{png}.png") == pytest.approx(150, abs=0.5), png

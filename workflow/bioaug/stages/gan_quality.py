@@ -6,6 +6,11 @@ per class: FID and KID (synthetic vs real train), improved precision/recall (k=3
 density/coverage (k=5), and the memorisation audit (feature and pixel space). In pixel space,
 per class: the classifier two-sample test (can a small CNN tell the class's real tiles from its
 synthetic ones? accuracy 0.5 = no; gan_quality.two_sample_steps, 0 = off).
+
+Each class also gets the same precision and two-sample test for its held-out real tiles (val and
+test) in place of the synthetic ones: what a perfect generator would score at this class's sample
+size, so a synthetic figure can be read against it (`heldout_precision`, `heldout_c2st_*`). Only
+the metrics read the held-out tiles; nothing is trained or selected with them.
 """
 
 from __future__ import annotations
@@ -60,8 +65,11 @@ def assess(
     x_train, y_train, train_rows = load_tiles(shard_npys, items, splits=("train",))
     # Real test tiles only calibrate the near-copy threshold; no model is selected with them.
     x_test, y_test, _ = load_tiles(shard_npys, items, splits=("test",))
+    x_val, y_val, _ = load_tiles(shard_npys, items, splits=("val",))
+    x_held, y_held = np.concatenate([x_val, x_test]), np.concatenate([y_val, y_test])
     x_syn, y_syn, syn_meta = read_synthetic(synthetic_npys, names)
-    f_train, f_test, f_syn = (feature_clf.features(x) for x in (x_train, x_test, x_syn))
+    f_train, f_held, f_syn = (feature_clf.features(x) for x in (x_train, x_held, x_syn))
+    f_test = f_held[len(x_val) :]
     rng = np.random.default_rng(seed)
 
     def cap(idx):
@@ -82,6 +90,7 @@ def assess(
         row.update(get_metric("density_coverage")(f_train[tr], f_syn[sy], k=5))
         if c is not None:  # per class only: the class mix of 'all' would decide it
             row.update(get_metric("two_sample")(x_train[tr], x_syn[sy], steps=two_sample_steps, seed=seed))
+        row.update(heldout_reference(f_train[tr], x_train[tr], f_held, x_held, y_held, c, cap, two_sample_steps, seed))
         rows.append(row)
     quality = pd.DataFrame(rows)
 
@@ -111,6 +120,20 @@ def assess(
         )
     log.info("GAN quality:\n%s", quality.to_string(index=False))
     return quality, pd.concat(audit_rows, ignore_index=True), (x_train, x_syn)
+
+
+def heldout_reference(f_train, x_train, f_held, x_held, y_held, c, cap, two_sample_steps: int, seed: int) -> dict:
+    """Precision and two-sample test of the class's held-out real tiles against its train tiles
+    (class `c`; None: all classes, precision only): the scores of a perfect generator here."""
+    held = cap(np.arange(len(y_held)) if c is None else np.flatnonzero(y_held == c))
+    out = {
+        "n_real_heldout": len(held),
+        "heldout_precision": get_metric("precision_recall")(f_train, f_held[held], k=3)["precision"],
+    }
+    if c is not None:
+        c2st = get_metric("two_sample")(x_train, x_held[held], steps=two_sample_steps, seed=seed)
+        out.update({f"heldout_{k}": v for k, v in c2st.items()})
+    return out
 
 
 def plot_closest_pairs(audit: pd.DataFrame, x_train: np.ndarray, x_syn: np.ndarray, path, n: int = 8) -> None:

@@ -502,6 +502,7 @@ QUALITY_COLUMNS = {  # column of gan_quality.csv -> (header, digits; None for a 
     "fid": ("FID", 3),
     "kid": ("KID", 3),
     "precision": ("precision", 3),
+    "heldout_precision": ("precision of held-out real tiles (reference)", 3),
     "recall": ("recall", 3),
     "density": ("density", 3),
     "coverage": ("coverage", 3),
@@ -509,6 +510,8 @@ QUALITY_COLUMNS = {  # column of gan_quality.csv -> (header, digits; None for a 
     "near_copy_share_pixel": ("near-copies, pixel space (%)", "%"),
     "c2st_accuracy": ("real vs synthetic told apart (accuracy)", 2),
     "c2st_n_test": ("held-out tiles (n)", None),
+    "heldout_c2st_accuracy": ("held-out real vs train told apart (reference)", 2),
+    "n_real_heldout": ("held-out real tiles (n)", None),
 }
 
 
@@ -566,7 +569,10 @@ def quality_table(quality: pd.DataFrame) -> Table:
             "tile than 99% of the real test tiles are (by construction about 1% for new real images; well above that, "
             "the GAN copies its training images). Told apart: a small CNN trained on half of a class's real and "
             "synthetic tiles to tell them apart, scored on the other half (0.5: indistinguishable to it; 1: every "
-            "tile told apart; 0.70 or less is the aim)."
+            "tile told apart; 0.70 or less is the aim). Reference columns: the same precision and test for the "
+            "class's held-out real tiles (val and test) in place of the synthetic ones, what a perfect generator "
+            "would score with this many tiles (a rare class's real tiles are often outside each other's "
+            "neighbourhoods too)."
         ),
         notes=[
             "FID and KID are computed in bioaug's own feature space (the classifier above), not in the Inception "
