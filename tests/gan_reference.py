@@ -39,6 +39,7 @@ REFERENCE_GAN: dict = {
     "r1_interval": 16,
     "lecam_weight": 0.0,
     "mode_seeking_weight": 0.0,
+    "conditional_transition": None,
     "compute_dtype": "float32",
 }
 

@@ -123,6 +123,10 @@ def test_dataset_overrides_stay_sparse():
         (lambda c: c["gan"].update(r1_interval=0), "gan.r1_interval"),
         (lambda c: c["gan"].update(lecam_weight=-0.5), "gan.lecam_weight"),
         (lambda c: c["gan"].update(mode_seeking_weight=-1), "gan.mode_seeking_weight"),
+        (lambda c: c["gan"].update(conditional_transition=[5]), "gan.conditional_transition"),
+        (lambda c: c["gan"].update(conditional_transition=[-5, 10]), "gan.conditional_transition"),
+        (lambda c: c["gan"].update(conditional_transition=[5.5, 10]), "gan.conditional_transition"),
+        (lambda c: c["gan"].update(conditional_transition="500-1500"), "gan.conditional_transition"),
         (lambda c: c["gan"].update(learning_rate=1e-3), "learning_rate"),  # unknown key
         (lambda c: c["classifier"].update(arms=["real", "magic"]), "classifier.arms"),
         (lambda c: c["classifier"].update(seeds=[]), "classifier.seeds"),
@@ -202,6 +206,12 @@ def test_schema_errors_stop_snakemake_before_any_job(tmp_path, mutate, expected)
         (
             lambda c: c["datasets"]["tiny"].update(tiles={"channels": [0]}, balance={"channel_names": ["a", "b"]}),
             "datasets.tiny.balance.channel_names",
+        ),
+        (lambda c: c["gan"].update(conditional_transition=[30, 10]), "gan.conditional_transition"),  # end < start
+        (lambda c: c["gan"].update(conditional_transition=[10, 41]), "gan.conditional_transition"),  # past steps
+        (
+            lambda c: c["datasets"]["tiny"].update(gan={"steps": 20, "conditional_transition": [0, 30]}),
+            "datasets.tiny.gan.conditional_transition",
         ),
         (lambda c: c["classifier"].update(channels=[8] * 5), "classifier.channels"),
         (lambda c: c["feature_classifier"].update(channels=[8] * 5), "feature_classifier.channels"),

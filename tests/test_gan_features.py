@@ -284,6 +284,48 @@ def test_conditional_bn_and_mode_seeking_train_and_sample(tmp_path):
     assert with_ms[0, 1] > plain[0, 1]
 
 
+def test_conditional_transition_starts_unconditional_and_ends_conditional():
+    """gan.conditional_transition [start, end]: at cond 0 neither G nor D sees the class, and
+    training leaves every class table as it was; from `end` on, G and D are the conditional
+    networks of a run without it."""
+    from bioaug.gan.networks import build_networks
+
+    steps = np.asarray(S.conditioning(np.array([1.0, 2, 3, 4, 5, 9]), 2.0, 4.0))
+    np.testing.assert_allclose(steps, [0, 0, 0.5, 1, 1, 1])
+    np.testing.assert_allclose(np.asarray(S.conditioning(np.array([1.0, 2, 100]), 0.0, 0.0)), 1.0)  # off
+
+    cfg = gan_config(16, 1, 3, **{**TINY, "conditional_bn": True})
+    g, d = build_networks(cfg, jax.random.key(0))
+    for bn in (g.bn0, *(b.bn for b in g.blocks)):  # class tables as after training (they start at 0)
+        bn.class_affine.embedding[...] = jax.random.normal(jax.random.key(1), bn.class_affine.embedding.shape)
+    z = jax.random.normal(jax.random.key(2), (6, cfg.z_dim))
+    ya, yb = jnp.asarray([0, 1, 2, 0, 1, 2]), jnp.asarray([2, 2, 1, 1, 0, 0])
+    for cond in (0.0, 1.0):
+        same_g = np.array_equal(g(z, ya, train=True, cond=cond), g(z, yb, train=True, cond=cond))
+        x = g(z, ya, train=False)
+        same_d = np.array_equal(d(x, ya, update_sn=False, cond=cond), d(x, yb, update_sn=False, cond=cond))
+        assert same_g == same_d == (cond == 0.0), cond
+    np.testing.assert_array_equal(g(z, ya, train=False, cond=1.0), g(z, ya, train=False))  # sampling: 1
+
+    def class_tables(state):  # every parameter indexed by the class: embeddings, conditional BN
+        leaves = jax.tree_util.tree_flatten_with_path({"g": state["g"]["params"], "d": state["d"]["params"]})[0]
+        names = {jax.tree_util.keystr(path): np.asarray(v) for path, v in leaves}
+        return {k: v for k, v in names.items() if "['embed']" in k or "class_affine" in k}
+
+    transition = {"conditional_bn": True, "conditional_transition": [2, 4]}
+    _, _, init = ST.init_train_state(gan_config(16, 1, 3, **{**TINY, **transition}), D.make_mesh())
+    before = class_tables(init)
+    _, two, m2 = _steps(transition, 2)  # steps 1 and 2: cond 0
+    _, three, _ = _steps(transition, 3)  # step 3: cond 0.5
+    _, plain, m_plain = _steps({"conditional_bn": True}, 2)
+    assert np.isfinite(m2).all() and len(before) == 5
+    for name, table in class_tables(two).items():
+        np.testing.assert_array_equal(table, before[name], err_msg=name)
+    for name, table in class_tables(three).items():
+        assert not np.array_equal(table, before[name]), name
+    assert not np.allclose(m2[:, 0], m_plain[:, 0])  # the conditional run's D loss differs
+
+
 def test_linear_output_is_the_same_network_without_its_tanh(tmp_path):
     """g_output: linear drops only the last tanh (same parameters from the same key); its raw
     output leaves [-1, 1], the exported generator samples within [0, 1] and remembers it."""

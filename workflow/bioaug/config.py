@@ -161,6 +161,12 @@ def check_config(config: dict) -> None:
                 f"{key('gan', 'batch_size')}: {gan['batch_size']} must be even with gan.mode_seeking_weight > 0 "
                 f"(the term compares pairs of samples)"
             )
+        transition = gan["conditional_transition"]
+        if transition is not None and not transition[0] <= transition[1] <= gan["steps"]:
+            raise BioaugError(
+                f"{key('gan', 'conditional_transition')}: {transition} must be [start, end] steps with "
+                f"start <= end <= gan.steps ({gan['steps']})"
+            )
 
         balance = dataset_section(config, ds, "balance")
         if balance["target"] == "fixed" and not balance["count"]:

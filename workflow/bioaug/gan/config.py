@@ -69,6 +69,8 @@ class GanConfig:
     lecam_weight: float  # LeCam regulariser weight; 0 = off
     # Regulariser of G.
     mode_seeking_weight: float  # MSGAN diversity term: pairs of z, same class; 0 = off
+    # Unconditional-to-conditional training (steps [start, end]; None: conditional throughout).
+    conditional_transition: tuple[int, int] | None
     compute_dtype: str  # matmul/conv operands: float32 | bfloat16
 
     # ------------------------------------------------------------------ construction
@@ -92,6 +94,8 @@ class GanConfig:
             kw[key] = float(kw[key])
         for key in _INTS:
             kw[key] = int(kw[key])
+        if kw["conditional_transition"] is not None:
+            kw["conditional_transition"] = tuple(int(v) for v in kw["conditional_transition"])
         if kw["ada_kimg"] is not None:
             kw["ada_kimg"] = float(kw["ada_kimg"])
         return cls(tile_size=int(tile_size), channels=int(channels), n_classes=int(n_classes), **kw)

@@ -145,11 +145,11 @@ class ClassBatchNorm(nnx.BatchNorm):
         if conditional:
             self.class_affine = nnx.Embed(n_classes, 2 * n, embedding_init=nnx.initializers.zeros, rngs=rngs)
 
-    def __call__(self, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, y: jax.Array, train: bool, cond: jax.Array | float = 1.0) -> jax.Array:
         h = super().__call__(x, use_running_average=not train)
         if not self.conditional:
             return h
-        gain, bias = jnp.split(self.class_affine(y), 2, axis=-1)
+        gain, bias = jnp.split(self.class_affine(y) * cond, 2, axis=-1)
         shape = (-1,) + (1,) * (x.ndim - 2) + (x.shape[-1],)
         return h * (1.0 + gain.reshape(shape)) + bias.reshape(shape)
 
@@ -183,12 +183,13 @@ class UpBlock(nnx.Module):
         self.dtype = dtype
         self.noise_strength = nnx.Param(jnp.zeros((cout,), jnp.float32)) if noise else None
 
-    def __call__(self, x: jax.Array, y: jax.Array, train: bool, noise: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, y: jax.Array, train: bool, noise: jax.Array | None = None,
+                 cond: jax.Array | float = 1.0) -> jax.Array:  # fmt: skip
         x = upsample_conv3x3(x, self.conv.kernel[...], self.dtype)
         x = x.astype(jnp.float32) + self.conv.bias[...]
         if self.noise_strength is not None:
             x = x + noise * self.noise_strength[...]
-        return jax.nn.relu(self.bn(x, y, train))
+        return jax.nn.relu(self.bn(x, y, train, cond))
 
 
 class Generator(nnx.Module):
@@ -207,6 +208,9 @@ class Generator(nnx.Module):
     from a 4x4 map cannot draw. The noise of a sample is drawn from its z (`noise_keys`).
     `train=True` normalises with batch statistics (and updates the running ones);
     `train=False` uses the running statistics, so each sample depends only on its (z, y).
+    `cond` in [0, 1] scales every class-dependent input (the embedding and the conditional BN
+    terms): 0 is an unconditional G, 1 (sampling) the class-conditional one; training ramps it
+    up over `gan.conditional_transition` (Shahbazi et al., "Collapse by Conditioning", 2022).
     """
 
     def __init__(
@@ -241,15 +245,15 @@ class Generator(nnx.Module):
         )
         self.out_noise_strength = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if noise_inputs else None
 
-    def __call__(self, z: jax.Array, y: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, z: jax.Array, y: jax.Array, *, train: bool, cond: jax.Array | float = 1.0) -> jax.Array:
         keys = noise_keys(z) if self.out_noise_strength is not None else None
-        h = self.fc(jnp.concatenate([z, self.embed(y)], axis=-1))
+        h = self.fc(jnp.concatenate([z, self.embed(y) * cond], axis=-1))
         h = h.reshape(-1, 4, 4, self.c0)
-        h = jax.nn.relu(self.bn0(h, y, train))
+        h = jax.nn.relu(self.bn0(h, y, train, cond))
         for i, block in enumerate(self.blocks):
             side = 2 * h.shape[1]
             noise = pixel_noise(keys, i, (side, side, 1)) if keys is not None else None
-            h = block(h, y, train, noise)
+            h = block(h, y, train, noise, cond)
         y = conv2d(h, self.out.kernel[...], 1, 1, self.dtype).astype(jnp.float32) + self.out.bias[...]
         if keys is not None:  # pixel-independent noise in every output channel
             y = y + pixel_noise(keys, len(self.blocks), y.shape[1:]) * self.out_noise_strength[...]
@@ -270,8 +274,9 @@ class Discriminator(nnx.Module):
     """Projection discriminator: (image in [-1, 1], y) -> one logit per image.
 
     [conv3x3 s1, LReLU 0.1, conv4x4 s2, LReLU 0.1] per entry of d_channels -> global sum
-    pool -> Linear(1)(h) + <Embed(y), h>. Spectral norm on every conv, the linear and the
+    pool -> Linear(1)(h) + cond * <Embed(y), h>. Spectral norm on every conv, the linear and the
     embedding when enabled; `update_sn=True` (training) runs one power iteration per layer.
+    `cond` 0 makes D unconditional (the start of a conditional transition), 1 the projection D.
     """
 
     def __init__(
@@ -292,12 +297,14 @@ class Discriminator(nnx.Module):
         self.lin = SNLinear(cin, 1, spectral_norm=spectral_norm, rngs=rngs)
         self.embed = SNEmbed(n_classes, cin, spectral_norm=spectral_norm, rngs=rngs)
 
-    def __call__(self, x: jax.Array, y: jax.Array, *, update_sn: bool = True) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, y: jax.Array, *, update_sn: bool = True, cond: jax.Array | float = 1.0
+    ) -> jax.Array:
         h = x
         for block in self.blocks:
             h = block(h, update_sn)
         h = jnp.sum(h.astype(jnp.float32), axis=(1, 2))
-        return self.lin(h, update_sn)[:, 0] + jnp.sum(self.embed(y, update_sn) * h, axis=-1)
+        return self.lin(h, update_sn)[:, 0] + cond * jnp.sum(self.embed(y, update_sn) * h, axis=-1)
 
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}

@@ -42,6 +42,8 @@ HYPER = (
     "lecam_weight",
     "mode_seeking_weight",
     "mode_seeking_target",
+    "cond_start",
+    "cond_end",
 )
 
 
@@ -55,8 +57,8 @@ def make_optimizer(lr, betas) -> optax.GradientTransformation:
 def compile_key(cfg: GanConfig) -> GanConfig:
     """cfg without the fields that do not change compiled code (cache key).
 
-    Learning rates, the EMA decay, the ADA settings and the regulariser strengths are
-    step arguments, not compile-time constants, so changing them (e.g. on resume) does
+    Learning rates, the EMA decay, the ADA settings, the regulariser strengths and the
+    conditional transition are step arguments, not compile-time constants, so changing them (e.g. on resume) does
     not recompile; only turning R1 / LeCam on or off does.
     """
     return dataclasses.replace(
@@ -76,6 +78,7 @@ def compile_key(cfg: GanConfig) -> GanConfig:
         r1_interval=1,
         lecam_weight=float(cfg.lecam_weight > 0),
         mode_seeking_weight=float(cfg.mode_seeking_weight > 0),
+        conditional_transition=None,
     )
 
 
@@ -110,8 +113,19 @@ def step_hyperparams(cfg: GanConfig, mode_seeking_cap: float = math.inf) -> jax.
         "lecam_weight": cfg.lecam_weight,
         "mode_seeking_weight": cfg.mode_seeking_weight,
         "mode_seeking_target": mode_seeking_cap,
+        # the conditional transition: G and D unconditional up to cond_start, fully
+        # conditional from cond_end (off: 0, 0 = conditional from the first step)
+        "cond_start": (cfg.conditional_transition or (0, 0))[0],
+        "cond_end": (cfg.conditional_transition or (0, 0))[1],
     }
     return jnp.asarray([values[k] for k in HYPER], jnp.float32)
+
+
+def conditioning(step_no, start, end):
+    """How class-conditional G and D are at step `step_no` (1-based) of a conditional
+    transition over steps [start, end]: 0 up to start, rising linearly to 1 at end (0, 0: 1
+    from the first step)."""
+    return jnp.clip((step_no - start) / jnp.maximum(end - start, 1.0), 0.0, 1.0)
 
 
 def r1_due(cfg: GanConfig, step_no: int) -> bool:
@@ -149,14 +163,14 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray, mesh: jax
     else:
         shard = lambda a: a  # noqa: E731
 
-    def run_g(params, stats, z, y):
+    def run_g(params, stats, z, y, cond):
         g = nnx.merge(g_def, params, stats)
-        x = g(z, y, train=True)
+        x = g(z, y, train=True, cond=cond)
         return x, nnx.to_pure_dict(nnx.state(g, nnx.BatchStat))
 
-    def run_d(params, sn, x, y):
+    def run_d(params, sn, x, y, cond):
         d = nnx.merge(d_def, params, sn) if sn else nnx.merge(d_def, params)
-        logits = d(x, y, update_sn=True)
+        logits = d(x, y, update_sn=True, cond=cond)
         return logits, (nnx.to_pure_dict(nnx.state(d, SpectralU)) if sn else sn)
 
     def draw(key, b, pairs=False):
@@ -185,19 +199,22 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray, mesh: jax
         step_no = state["step"] + 1
         g_params, g_stats = state["g"]["params"], state["g"]["batch_stats"]
         d_params, sn = state["d"]["params"], state["d"]["sn"]  # sn is {} without spectral norm
+        cond = conditioning(step_no, h["cond_start"], h["cond_end"])
+        g_at = lambda params, stats, z, y: run_g(params, stats, z, y, cond)  # noqa: E731
+        d_at = lambda params, sn, x, y: run_d(params, sn, x, y, cond)  # noqa: E731
 
         # ---- D update: real and fake in one batch (D has no batch-dependent layers),
         # interleaved (real 0, fake 0, real 1, ...) so each device's rows of the fused
         # batch are its own real and fake rows: no data moves between devices.
         z, yf = draw(k_fake_d, b)
-        fake, g_stats = run_g(g_params, g_stats, z, yf)
+        fake, g_stats = g_at(g_params, g_stats, z, yf)
         x_all = jnp.stack([real, jax.lax.stop_gradient(fake)], axis=1).reshape(2 * b, *real.shape[1:])
         x_all = augment(shard(x_all), k_aug_d, p)
         y_all = shard(jnp.stack([real_y, yf], axis=1).reshape(2 * b))
         # lazy R1: only on r1_due steps (r1_scale includes the interval's factor)
         r1 = {"r1_scale": h["r1_scale"]} if use_r1 and r1_now else {}
         (d_loss, (sn, lr, lf, lecam, r1_penalty)), d_grads = losses.d_value_and_grad(
-            run_d,
+            d_at,
             d_params,
             sn,
             x_all,
@@ -217,8 +234,8 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray, mesh: jax
         if use_ms:
             ms = {"mode_seeking_weight": h["mode_seeking_weight"], "mode_seeking_target": h["mode_seeking_target"]}
         (g_loss, (g_stats, sn)), g_grads = losses.g_value_and_grad(
-            run_g,
-            run_d,
+            g_at,
+            d_at,
             g_params,
             g_stats,
             d_params,
