@@ -23,6 +23,7 @@ REFERENCE_GAN: dict = {
     "spectral_norm": True,
     "conditional_bn": False,
     "g_output": "tanh",
+    "tanh_scale": 1.0,
     "noise_inputs": False,
     "diffaugment": ["color", "translation", "cutout"],
     "real_symmetry": "none",

@@ -124,6 +124,8 @@ def test_dataset_overrides_stay_sparse():
         (lambda c: c["gan"].update(lecam_weight=-0.5), "gan.lecam_weight"),
         (lambda c: c["gan"].update(mode_seeking_weight=-1), "gan.mode_seeking_weight"),
         (lambda c: c["gan"].update(conditional_transition=[5]), "gan.conditional_transition"),
+        (lambda c: c["gan"].update(tanh_scale=0.9), "gan.tanh_scale"),  # would never reach the data's range
+        (lambda c: c["gan"].update(tanh_scale=None), "gan.tanh_scale"),
         (lambda c: c["gan"].update(conditional_transition=[-5, 10]), "gan.conditional_transition"),
         (lambda c: c["gan"].update(conditional_transition=[5.5, 10]), "gan.conditional_transition"),
         (lambda c: c["gan"].update(conditional_transition="500-1500"), "gan.conditional_transition"),

@@ -359,6 +359,35 @@ def test_linear_output_is_the_same_network_without_its_tanh(tmp_path):
     assert x.min() >= 0.0 and x.max() <= 1.0 and x.std() > 0
 
 
+def test_tanh_scale_stretches_the_output_and_samples_stay_in_the_data_range(tmp_path):
+    """gan.tanh_scale s: G's output is s * tanh (same parameters from the same key), so it can
+    pass the data's -1 and 1; the exported generator remembers s and samples within [0, 1]."""
+    from flax import nnx
+
+    from bioaug.gan import load_generator, sample_tiles
+    from bioaug.gan.networks import build_networks
+
+    key = jax.random.key(0)
+    g_one, _ = build_networks(gan_config(16, 1, 3, **TINY), key)
+    g_wide, _ = build_networks(gan_config(16, 1, 3, **TINY, tanh_scale=1.25), key)
+    z, y = jax.random.normal(jax.random.key(1), (8, TINY["z_dim"])), jnp.arange(8) % 3
+    np.testing.assert_allclose(g_wide(z, y, train=False), 1.25 * g_one(z, y, train=False), rtol=1e-6, atol=1e-6)
+    g_wide.out.bias[...] = jnp.full_like(g_wide.out.bias[...], 3.0)  # pushed to the top: past 1
+    assert 1.0 < float(g_wide(z, y, train=False).max()) < 1.25
+    tiles, labels = _data()
+    res = train_gan(
+        tiles, labels, ["a", "b", "c"], gan_section(**{**TINY, "steps": 2, "tanh_scale": 1.25}),
+        checkpoint_root=tmp_path / "ck", generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
+        samples_png=tmp_path / "s.png",
+    )  # fmt: skip
+    assert res["steps_done"] == 2 and np.isfinite(res["g_loss"])
+    gen = load_generator(tmp_path / "gen")
+    assert gen.meta["tanh_scale"] == 1.25
+    assert nnx.merge(gen.graphdef, gen.params, gen.batch_stats).tanh_scale == 1.25
+    x = sample_tiles(gen, 0, np.arange(64))
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.std() > 0
+
+
 def test_noise_inputs_start_silent_are_per_pixel_and_a_function_of_z(tmp_path):
     """noise_inputs: the strengths start at zero (the same images as without them, same
     weights otherwise); with strengths set, each sample gets its own per-pixel noise, drawn

@@ -27,6 +27,7 @@ _FLOATS = (
     "r1_gamma",
     "lecam_weight",
     "mode_seeking_weight",
+    "tanh_scale",
 )
 _INTS = ("steps", "batch_size", "z_dim", "checkpoint_every", "log_every", "seed", "ada_interval", "r1_interval")
 
@@ -50,6 +51,7 @@ class GanConfig:
     spectral_norm: bool
     conditional_bn: bool  # class-dependent BN scale/shift in G (off: the reference net)
     g_output: str  # tanh | linear: G's last activation (linear: clipped only when sampling)
+    tanh_scale: float  # G's output is tanh * this (> 1: headroom beyond the data's [-1, 1])
     noise_inputs: bool  # per-pixel noise with learned strengths after every G conv (StyleGAN)
     diffaugment: tuple[str, ...]
     real_symmetry: str  # none | dihedral: random rotations/flips of the real tiles D sees

@@ -206,6 +206,9 @@ class Generator(nnx.Module):
     initialisation) after every upsampling conv and to the output (StyleGAN's noise inputs):
     real micrographs carry pixel-independent shot and read noise that upsampling convolutions
     from a 4x4 map cannot draw. The noise of a sample is drawn from its z (`noise_keys`).
+    `tanh_scale` > 1 stretches the tanh output beyond [-1, 1] (clipped to the data range when
+    sampling): the data's dark background (just above -1) and saturated pixels (at 1) then sit
+    where tanh still passes gradient, not on its flat tails.
     `train=True` normalises with batch statistics (and updates the running ones);
     `train=False` uses the running statistics, so each sample depends only on its (z, y).
     `cond` in [0, 1] scales every class-dependent input (the embedding and the conditional BN
@@ -225,11 +228,13 @@ class Generator(nnx.Module):
         conditional_bn: bool = False,
         output: str = "tanh",
         noise_inputs: bool = False,
+        tanh_scale: float = 1.0,
     ):
         g_channels = tuple(int(c) for c in g_channels)
         if output not in G_OUTPUTS:
             raise ValueError(f"generator output must be one of {G_OUTPUTS}, got {output!r}")
         self.output = output
+        self.tanh_scale = float(tanh_scale)
         self.dtype = dtype
         self.z_dim, self.n_classes, self.c0 = z_dim, n_classes, g_channels[0]
         self.embed = nnx.Embed(n_classes, z_dim, embedding_init=embed_init, rngs=rngs)
@@ -257,7 +262,9 @@ class Generator(nnx.Module):
         y = conv2d(h, self.out.kernel[...], 1, 1, self.dtype).astype(jnp.float32) + self.out.bias[...]
         if keys is not None:  # pixel-independent noise in every output channel
             y = y + pixel_noise(keys, len(self.blocks), y.shape[1:]) * self.out_noise_strength[...]
-        return jnp.tanh(y) if self.output == "tanh" else y
+        if self.output == "linear":
+            return y
+        return jnp.tanh(y) * self.tanh_scale if self.tanh_scale != 1.0 else jnp.tanh(y)
 
 
 class DownBlock(nnx.Module):
@@ -325,6 +332,7 @@ def build_networks(cfg: GanConfig, key: jax.Array) -> tuple[Generator, Discrimin
         conditional_bn=cfg.conditional_bn,
         output=cfg.g_output,
         noise_inputs=cfg.noise_inputs,
+        tanh_scale=cfg.tanh_scale,
     )
     d = Discriminator(
         cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm, rngs=nnx.Rngs(params=kd), dtype=dtype

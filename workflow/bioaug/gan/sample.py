@@ -58,12 +58,13 @@ def abstract_generator(
     conditional_bn: bool = False,
     output: str = "tanh",
     noise_inputs: bool = False,
+    tanh_scale: float = 1.0,
 ):
     """(graphdef, abstract params, abstract batch stats) without allocating weights."""
     g = nnx.eval_shape(
         lambda: Generator(
             z_dim, n_classes, g_channels, out_channels, rngs=nnx.Rngs(0), conditional_bn=conditional_bn,
-            output=output, noise_inputs=noise_inputs,
+            output=output, noise_inputs=noise_inputs, tanh_scale=tanh_scale,
         )
     )  # fmt: skip
     graphdef, params, stats = nnx.split(g, nnx.Param, nnx.BatchStat)
@@ -201,6 +202,7 @@ def load_generator(generator_dir: Path) -> GeneratorHandle:
             bool(meta.get("conditional_bn", False)),
             str(meta.get("g_output", "tanh")),
             bool(meta.get("noise_inputs", False)),
+            float(meta.get("tanh_scale", 1.0)),
         )
     except KeyError as e:
         raise BioaugError(f"{meta_path}: missing field {e}") from None

@@ -296,6 +296,7 @@ def _export(
         "conditional_bn": cfg.conditional_bn,
         "g_output": cfg.g_output,
         "noise_inputs": cfg.noise_inputs,
+        "tanh_scale": cfg.tanh_scale,
         "out_channels": cfg.channels,
         "tile_size": cfg.tile_size,
         "class_names": class_names,
