@@ -509,7 +509,7 @@ QUALITY_COLUMNS = {  # column of gan_quality.csv -> (header, digits; None for a 
     "near_copy_share_feature": ("near-copies, feature space (%)", "%"),
     "near_copy_share_pixel": ("near-copies, pixel space (%)", "%"),
     "c2st_accuracy": ("real vs synthetic told apart (accuracy)", 2),
-    "c2st_n_test": ("held-out tiles (n)", None),
+    "c2st_n_test": ("tiles the test scored (n)", None),
     "heldout_c2st_accuracy": ("held-out real vs train told apart (reference)", 2),
     "n_real_heldout": ("held-out real tiles (n)", None),
 }
