@@ -262,9 +262,7 @@ class Generator(nnx.Module):
         y = conv2d(h, self.out.kernel[...], 1, 1, self.dtype).astype(jnp.float32) + self.out.bias[...]
         if keys is not None:  # pixel-independent noise in every output channel
             y = y + pixel_noise(keys, len(self.blocks), y.shape[1:]) * self.out_noise_strength[...]
-        if self.output == "linear":
-            return y
-        return jnp.tanh(y) * self.tanh_scale if self.tanh_scale != 1.0 else jnp.tanh(y)
+        return jnp.tanh(y) * self.tanh_scale if self.output == "tanh" else y
 
 
 class DownBlock(nnx.Module):

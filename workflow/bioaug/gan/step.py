@@ -58,8 +58,8 @@ def compile_key(cfg: GanConfig) -> GanConfig:
     """cfg without the fields that do not change compiled code (cache key).
 
     Learning rates, the EMA decay, the ADA settings, the regulariser strengths and the
-    conditional transition are step arguments, not compile-time constants, so changing them (e.g. on resume) does
-    not recompile; only turning R1 / LeCam on or off does.
+    conditional transition are step arguments, not compile-time constants, so changing them
+    (e.g. on resume) does not recompile; only turning R1 / LeCam on or off does.
     """
     return dataclasses.replace(
         cfg,
