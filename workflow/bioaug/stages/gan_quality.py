@@ -63,13 +63,13 @@ def assess(
     """Quality table (one row per class plus 'all') and the per-tile memorisation table."""
     names = class_names(items)
     x_train, y_train, train_rows = load_tiles(shard_npys, items, splits=("train",))
-    # Real test tiles only calibrate the near-copy threshold; no model is selected with them.
-    x_test, y_test, _ = load_tiles(shard_npys, items, splits=("test",))
-    x_val, y_val, _ = load_tiles(shard_npys, items, splits=("val",))
-    x_held, y_held = np.concatenate([x_val, x_test]), np.concatenate([y_val, y_test])
+    # Held-out real tiles (val + test) only score the reference; the test ones also calibrate the
+    # near-copy threshold. No model is trained or selected with them.
+    x_held, y_held, held_rows = load_tiles(shard_npys, items, splits=("val", "test"))
     x_syn, y_syn, syn_meta = read_synthetic(synthetic_npys, names)
     f_train, f_held, f_syn = (feature_clf.features(x) for x in (x_train, x_held, x_syn))
-    f_test = f_held[len(x_val) :]
+    is_test = held_rows["split"].eq("test").to_numpy()
+    x_test, f_test = x_held[is_test], f_held[is_test]
     rng = np.random.default_rng(seed)
 
     def cap(idx):
