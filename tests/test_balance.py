@@ -55,7 +55,7 @@ def test_tile_seeds_are_stable_and_distinct():
     assert not np.array_equal(a, tile_seeds(0, 2, 50)) and not np.array_equal(a, tile_seeds(1, 1, 50))
 
 
-def build_balanced_folder(tmp_path, channels: int, fmt: str = "tiff", size=(32, 24), **cfg):
+def build_balanced_folder(tmp_path, channels: int, fmt: str = "tiff", size=(32, 24), summary=None, **cfg):
     """A balanced folder written by the stage: classes 'a' (3 real train tiles) and 'b w' (1 real
     + 2 synthetic), plus test items that must stay out. Returns (folder, manifest, real tiles of
     items.csv order, synthetic tiles)."""
@@ -85,7 +85,7 @@ def build_balanced_folder(tmp_path, channels: int, fmt: str = "tiff", size=(32, 
                 "filter_confidence": np.nan,
             }
         ),
-        {},
+        summary or {},
     )
     out = tmp_path / f"balanced-{fmt}-{channels}"
     manifest = write_balanced(items, [shard], [syn], out, {"format": fmt, "channel_names": None, **cfg}, (1.0, 99.8))
@@ -110,6 +110,25 @@ def test_write_balanced(tmp_path):
     assert m["seed"].dropna().tolist() == [11, 12] and str(m["seed"].dtype) == "Int64"
     readme = (out / "README.txt").read_text()
     assert "tiff: uint8, an ImageJ hyperstack of 2 channels" in readme and "ch0 | ch1" in readme
+
+
+def test_histogram_match_travels_with_the_balanced_dataset(tmp_path):
+    """With generate.match_histograms, the maps generate stored go into the folder (a synthetic
+    tile is regenerated from checkpoint, seed and its class's map) and README.txt says so."""
+    import json
+
+    match = {
+        "reference_tiles": 512,
+        "synthetic_quantiles": [[0.0, 0.5, 1.0]] * 2,
+        "real_quantiles": [[0.1, 0.2, 0.9]] * 2,
+    }
+    out, *_ = build_balanced_folder(tmp_path, 2, size=(8, 8), summary={"histogram_match": match})
+    assert sorted(p.name for p in out.iterdir()) == ["README.txt", "a", "b_w", "histogram_match.json", "manifest.csv"]
+    doc = json.loads((out / "histogram_match.json").read_text())
+    assert doc["classes"] == {"b w": match} and "numpy.interp" in doc["description"]
+    assert "histogram-matched" in (out / "README.txt").read_text()
+    plain, *_ = build_balanced_folder(tmp_path / "plain", 2, size=(8, 8))
+    assert "histogram-matched" not in (plain / "README.txt").read_text()
 
 
 def test_manifest_columns_and_integer_step_seed(tmp_path):

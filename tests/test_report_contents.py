@@ -410,6 +410,33 @@ def test_selective_synthesis_is_read_from_the_acceptance_files(tmp_path):
     assert not report.selective_synthesis_on(pd.DataFrame())
 
 
+def test_histogram_matching_is_said_under_the_quality_table(tmp_path):
+    """generate.match_histograms changes the synthetic tiles' values: the report says so, read
+    from the acceptance files generate writes (files from before the option say nothing)."""
+    names = ["a", "b"]
+    results = fake_results(np.random.default_rng(5), names, ["real", "real+gan", "gan_only"], [0])
+    note = "The synthetic tiles were histogram-matched (generate.match_histograms)"
+    for matched in (None, False, True):
+        jsons = []
+        for i, c in enumerate(names):
+            meta = pd.DataFrame(
+                {"label": [c], "seed": [1], "checkpoint": ["x"], "step": [1], "used_for_balance": [True]}
+            ).assign(filter_confidence=np.nan)
+            summary = acceptance_of(c, i, None)
+            if matched is not None:
+                summary["match_histograms"] = matched
+            if matched:
+                summary["histogram_match"] = {"synthetic_quantiles": [[0.0, 1.0]], "real_quantiles": [[0.1, 0.9]]}
+            path = tmp_path / f"{c}-{matched}.npy"
+            write_class(path, np.zeros((1, 4, 4, 1), np.float32), meta, summary)
+            jsons.append(path.with_suffix(".json"))
+        acceptance = read_acceptance(jsons)
+        assert report.histograms_matched(acceptance) == bool(matched)
+        md, pages, *_ = build_report(tmp_path / str(matched), results, names, fake_quality(names), acceptance)
+        assert (note in md) == bool(matched) and (note in pages["quality_html"]) == bool(matched)
+        assert "Selective synthesis" not in md  # the match alone does not make an acceptance table
+
+
 @pytest.fixture
 def figures(monkeypatch):
     """The figures each plot function made, kept open (after being saved) to read their labels."""

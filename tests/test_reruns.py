@@ -39,6 +39,8 @@ CASES = {
     "generate.seed": (lambda c: c["generate"].update(seed=1), AFTER_GENERATE),
     "generate.max_draws_factor without selective synthesis": (lambda c: c["generate"].update(max_draws_factor=8), {}),
     "generate.min_confidence": (lambda c: c["generate"].update(min_confidence=0.3), AFTER_GENERATE),
+    "generate.match_histograms": (lambda c: c["generate"].update(match_histograms=True), AFTER_GENERATE),
+    "generate.match_histograms off as before": (lambda c: c["generate"].update(match_histograms=False), {}),
     "balance.target": (lambda c: c["balance"].update(target="fixed", count=40), AFTER_GENERATE),
     "classifier.lr": (lambda c: c["classifier"].update(lr=0.002), CLASSIFY),
     "classifier.seeds (one more)": (lambda c: c["classifier"].update(seeds=[0, 1]), CLASSIFY),

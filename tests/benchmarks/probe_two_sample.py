@@ -15,8 +15,9 @@ applied alike to real and synthetic tiles:
   border_only       the tile with its central half set to 0: the background frame alone
   quantile_matched  the synthetic tiles only, each channel's values mapped through the class's
                     quantiles so that their distribution over the class is the real tiles'
-                    (fitted on another draw of synthetic tiles): whether the test keys on the
-                    values' distribution over the class or on their arrangement within a tile
+                    (fitted on another draw of synthetic tiles; generate.match_histograms'
+                    map): whether the test keys on the values' distribution over the class or
+                    on their arrangement within a tile
 
 and reports, per class, the share of pixels at exactly 0 and 1 and the border frame's
 standard deviation (background unevenness) of both sides. With --png, per-class histograms of
@@ -80,17 +81,6 @@ VARIANTS = {
 }
 
 
-def quantile_matcher(real: np.ndarray, fake: np.ndarray, n_quantiles: int = 1025):
-    """The monotone per-channel map that takes `fake`'s pixel-value quantiles to `real`'s."""
-    q = np.linspace(0.0, 1.0, n_quantiles)
-    table = [(np.quantile(fake[..., k], q), np.quantile(real[..., k], q)) for k in range(real.shape[-1])]
-
-    def match(t: np.ndarray) -> np.ndarray:
-        return np.stack([np.interp(t[..., k], *table[k]) for k in range(t.shape[-1])], axis=-1)
-
-    return match
-
-
 def border_std(t: np.ndarray, width: int = 4) -> list[float]:
     """Mean over tiles of the per-channel standard deviation of the tile's border frame."""
     frame = np.concatenate(
@@ -103,6 +93,7 @@ def probe(run: Path, fold: int, n: int, steps: int, variants: list[str], png: Pa
     from bioaug.runtime import configure_jax
 
     configure_jax(None)
+    from bioaug import histogram_match
     from bioaug.formats.items import class_names, read_items
     from bioaug.formats.shards import load_tiles
     from bioaug.gan.sample import load_generator, sample_tiles
@@ -127,7 +118,7 @@ def probe(run: Path, fold: int, n: int, steps: int, variants: list[str], png: Pa
         for v in variants:
             if v == "quantile_matched":  # the synthetic side only, fitted on other seeds
                 fit = sample_tiles(gen, ci, np.arange(max(len(real), 64)) + 20_000)
-                pair = real, quantile_matcher(real, fit)(fake)
+                pair = real, histogram_match.apply(fake, histogram_match.fit(real, fit))
             else:
                 pair = VARIANTS[v](real), VARIANTS[v](fake)
             res = classifier_two_sample_test(*(t.astype(np.float32) for t in pair), steps=steps)

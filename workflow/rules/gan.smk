@@ -72,6 +72,7 @@ rule balance:
         shard_tables=shard_tables,
         synthetic=synthetic_files("npy", fold=BALANCED_FOLD),
         synthetic_tables=synthetic_files("csv", fold=BALANCED_FOLD),
+        synthetic_summaries=synthetic_files("json", fold=BALANCED_FOLD),
     output:
         directory("results/{dataset}/balanced"),
     log:

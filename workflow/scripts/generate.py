@@ -12,4 +12,5 @@ with stage(snakemake, uses_jax=True):
         snakemake.params.generate,
         snakemake.output.tiles,
         filter_classifier_dir=snakemake.input.get("filter_classifier"),
+        shard_npys=snakemake.input.get("shards"),
     )

@@ -1,4 +1,5 @@
-"""The balanced dataset: results/<ds>/balanced/<class>/<tile files> + manifest.csv + README.txt.
+"""The balanced dataset: results/<ds>/balanced/<class>/<tile files> + manifest.csv + README.txt
+(+ histogram_match.json when generate.match_histograms mapped the synthetic tiles' values).
 
 One file per tile, in the format `balance.format` names; a file holds round(x * scale) for the
 normalised tile x in [0, 1] (scale 255, 65535 or 1):
@@ -29,6 +30,7 @@ so raw ~= low + pixel / scale * (high - low). `read_balanced` / `read_tiles` giv
 
 from __future__ import annotations
 
+import json
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ from .items import read_table, safe_name
 
 MANIFEST = "manifest.csv"
 README = "README.txt"
+HISTOGRAM_MATCH = "histogram_match.json"
 MANIFEST_COLUMNS = [
     "path", "label", "origin", "split", "item_id", "tile_id", "image", "checkpoint", "step", "seed",
     "format", "dtype", "scale", "channels", "pixel_size_um", "normalisation", "low", "high",
@@ -243,7 +246,22 @@ def pil_view(fmt: str, c: int) -> str:
     )
 
 
-def write_readme(folder: str | Path, manifest: pd.DataFrame, fmt: str, channels: list[str], percentiles) -> None:
+def write_histogram_match(folder: str | Path, maps: dict[str, dict]) -> None:
+    """histogram_match.json: per class, the map generate.match_histograms applied to the
+    generator's output (so a synthetic tile is regenerated from checkpoint, seed and map)."""
+    doc = {
+        "description": (
+            "Synthetic tiles of each class were histogram-matched: channel c of the generator's output x "
+            "became numpy.interp(x, synthetic_quantiles[c], real_quantiles[c])."
+        ),
+        "classes": {label: maps[label] for label in sorted(maps)},
+    }
+    (Path(folder) / HISTOGRAM_MATCH).write_text(json.dumps(doc, indent=1))
+
+
+def write_readme(
+    folder: str | Path, manifest: pd.DataFrame, fmt: str, channels: list[str], percentiles, matched: bool = False
+) -> None:
     """README.txt: what the files hold and how to load them (ImageFolder ignores top-level files)."""
     f = get_format(fmt)
     c = len(channels)
@@ -265,6 +283,12 @@ def write_readme(folder: str | Path, manifest: pd.DataFrame, fmt: str, channels:
         if len(sizes)
         else "not stated by the source images"
     )
+    matched_text = (
+        f"synthetic   values histogram-matched to the class's real train tiles; the map per class and\n"
+        f"            channel is in {HISTOGRAM_MATCH}\n"
+        if matched
+        else ""
+    )
     text = f"""bioaug balanced dataset: real train tiles and synthetic tiles, one folder per class.
 
 files       <class>/real_<tile_id>{f.ext} and <class>/synthetic_<n>_seed<seed>{f.ext}
@@ -277,7 +301,7 @@ normalised  {normalised}
             manifest.csv; synthetic tiles live in the same normalised space
 manifest    manifest.csv: one row per file (label, origin real | synthetic, split, ids, source image;
             for synthetic tiles the generator checkpoint, step and seed)
-
+{matched_text}
 {textwrap.fill(pil_view(fmt, c), 96)}
 See the README of bioaug, section "The balanced dataset".
 """

@@ -3,7 +3,8 @@
   <class>.npy   float32 (N, H, W, C) in [0, 1]: every tile generated for the class, in seed order
   <class>.csv   one row per tile: label, seed, checkpoint, step, used_for_balance,
                 filter_confidence (NaN without selective synthesis)
-  <class>.json  the acceptance figures of the class (target, generated, drawn, ...)
+  <class>.json  the acceptance figures of the class (target, generated, drawn, ...) and, with
+                generate.match_histograms, the class's histogram match (`histogram_match`)
 The first `needed_for_balance` rows balance the class (`used_for_balance`); all of them feed
 the `gan_only` arm and the GAN quality metrics.
 """
@@ -73,6 +74,11 @@ def read_synthetic(
     if unknown:
         raise BioaugError(f"synthetic tiles of unknown class(es) {unknown} (classes: {class_names})")
     return np.concatenate(xs), meta["label"].map(index).to_numpy(np.int32), meta
+
+
+def read_summary(npy_path) -> dict:
+    """The .json written beside one class's tiles (acceptance figures, histogram match)."""
+    return json.loads(side_files(npy_path)[2].read_text())
 
 
 def read_acceptance(json_paths) -> pd.DataFrame:

@@ -67,7 +67,7 @@ def write_balanced(
     ]
     synthetic_px = common(r["pixel_size_um"] for r in real_rows)
     synthetic_norm = common(r.get("normalisation") for r in real_rows)
-    rows = []
+    rows, maps = [], {}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for tile, r in progress(zip(x, real_rows), total=len(x), desc="real tiles"):
@@ -77,6 +77,9 @@ def write_balanced(
             rows.append({"path": rel.as_posix(), "origin": "real", "split": "train", **{k: r.get(k) for k in keys}})
         for npy in synthetic_npys:
             syn, meta = synthetic.read_class(npy, balance_only=True)
+            match = synthetic.read_summary(npy).get("histogram_match")
+            if match is not None and len(syn):
+                maps[str(meta["label"].iloc[0])] = match
             if len(syn) and syn.shape[-1] != len(names):
                 raise BioaugError(f"{npy}: tiles of {syn.shape[-1]} channels, the real tiles have {len(names)}")
             for i, (tile, m) in enumerate(zip(syn, meta.to_dict("records"))):
@@ -96,7 +99,9 @@ def write_balanced(
                     }
                 )
         manifest = balanced.write_manifest(rows, tmp, fmt, names)
-        balanced.write_readme(tmp, manifest, fmt, names, percentiles)
+        if maps:
+            balanced.write_histogram_match(tmp, maps)
+        balanced.write_readme(tmp, manifest, fmt, names, percentiles, matched=bool(maps))
     counts = manifest.groupby(["label", "origin"]).size().unstack(fill_value=0)
     log.info(
         "balanced dataset (%s, channels %s): %d tiles\n%s", fmt, "|".join(names), len(manifest), counts.to_string()

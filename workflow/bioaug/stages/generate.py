@@ -5,6 +5,11 @@ in seed order, balance the class (`used_for_balance`); all of them feed the `gan
 arm and the GAN quality metrics, which need synthetic tiles of every class, the largest
 included. Each tile has its own seed (derived from generate.seed, the class and its index,
 prefix-stable), so any tile can be regenerated from the generator checkpoint and its seed.
+
+With generate.match_histograms, every tile of the class goes through the class's histogram
+match (bioaug.histogram_match): fitted on a reference draw with seeds of its own against the
+class's real train tiles, and stored in the class's .json, so a tile is still reproducible
+from the checkpoint, its seed and that map.
 """
 
 from __future__ import annotations
@@ -15,19 +20,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import gan
+from .. import gan, histogram_match
 from ..balance_policy import class_targets
 from ..formats import synthetic
 from ..formats.items import class_names, label_of, read_items
+from ..formats.shards import load_tiles
 from ..runtime import BioaugError
 
 log = logging.getLogger("bioaug.generate")
 
 
+# Synthetic tiles drawn (with their own seeds) to fit a class's histogram match.
+REFERENCE_TILES = 512
+
+
 def run(
-    generator_dir, items_csv, cls: str, balance_cfg: dict, generate_cfg: dict, out_npy, filter_classifier_dir=None
+    generator_dir,
+    items_csv,
+    cls: str,
+    balance_cfg: dict,
+    generate_cfg: dict,
+    out_npy,
+    filter_classifier_dir=None,
+    shard_npys=None,
 ) -> dict:
-    """The generate stage for the class whose file name is `cls`."""
+    """The generate stage for the class whose file name is `cls` (`shard_npys`: the tile
+    shards, read only for generate.match_histograms)."""
     items = read_items(items_csv)
     filter_clf = None
     if filter_classifier_dir:
@@ -35,15 +53,39 @@ def run(
 
         filter_clf = load_classifier(filter_classifier_dir)
     return generate_class(
-        generator_dir, items, label_of(items, cls), balance_cfg, generate_cfg, out_npy, filter_classifier=filter_clf
+        generator_dir,
+        items,
+        label_of(items, cls),
+        balance_cfg,
+        generate_cfg,
+        out_npy,
+        filter_classifier=filter_clf,
+        shard_npys=shard_npys,
     )
 
 
-def tile_seeds(seed: int, class_index: int, n: int) -> np.ndarray:
-    """Independent 31-bit seeds (JAX keys take int32), one per tile, stable for (seed, class, index)."""
+def tile_seeds(seed: int, class_index: int, n: int, stream: int = 0) -> np.ndarray:
+    """Independent 31-bit seeds (JAX keys take int32), one per tile, stable for (seed, class,
+    index); stream 1 is the histogram match's reference draw (stream 0 keeps the seeds that
+    tiles had before streams existed)."""
+    extra = [stream] if stream else []
     return np.array(
-        [np.random.SeedSequence([seed, class_index, i]).generate_state(1)[0] >> 1 for i in range(n)], dtype=np.int64
+        [np.random.SeedSequence([seed, class_index, i, *extra]).generate_state(1)[0] >> 1 for i in range(n)],
+        dtype=np.int64,
     )
+
+
+def fit_histogram_match(gen, items: pd.DataFrame, label: str, generate_cfg: dict, shard_npys) -> np.ndarray:
+    """The class's histogram match: a reference draw of REFERENCE_TILES synthetic tiles
+    against the class's real train tiles (rounded to 6 decimals, as stored)."""
+    if not shard_npys:
+        raise BioaugError("generate.match_histograms is on but no tile shards were given")
+    cls = class_names(items).index(label)
+    real, _, _ = load_tiles(shard_npys, items[items["label"] == label], splits=("train",))
+    reference = gan.sample_tiles(
+        gen, cls, tile_seeds(generate_cfg["seed"], cls, REFERENCE_TILES, stream=1), generate_cfg["batch_size"]
+    )
+    return np.round(histogram_match.fit(real, reference), 6)
 
 
 def generate_class(
@@ -54,6 +96,7 @@ def generate_class(
     generate_cfg: dict,
     out_npy: str | Path,
     filter_classifier=None,
+    shard_npys=None,
 ) -> dict:
     """Write the synthetic tiles of one class to out_npy (+ .csv with their seeds, + .json
     with the acceptance figures).
@@ -80,6 +123,9 @@ def generate_class(
         raise BioaugError("generate.min_confidence is set but no filter classifier was given")
     max_draws = n if threshold is None else int(np.ceil(n * generate_cfg["max_draws_factor"]))
     shape = (gen.tile_size, gen.tile_size, gen.channels)
+    match = None
+    if generate_cfg.get("match_histograms"):
+        match = fit_histogram_match(gen, items, label, generate_cfg, shard_npys)
     kept_tiles, kept_seeds, kept_conf, drawn = [], [], [], 0
     if n:
         all_seeds = tile_seeds(generate_cfg["seed"], cls, max_draws)  # prefix-stable: same first tiles
@@ -87,6 +133,8 @@ def generate_class(
             want = n - sum(map(len, kept_seeds))
             batch = all_seeds[drawn : drawn + (want if threshold is None else max(want, generate_cfg["batch_size"]))]
             tiles = gan.sample_tiles(gen, cls, batch, batch_size=generate_cfg["batch_size"])
+            if match is not None:  # before the filter: it judges the tiles as they are written
+                tiles = histogram_match.apply(tiles, match)
             drawn += len(batch)
             if threshold is None:
                 keep, conf = np.ones(len(batch), bool), np.full(len(batch), np.nan)
@@ -120,7 +168,15 @@ def generate_class(
         "acceptance_rate": (k / drawn) if drawn else None,
         "min_confidence": threshold,
         "short_by": max(0, n - k),
+        "match_histograms": match is not None,
     }
+    if match is not None:  # the map itself, so every tile stays reproducible from its seed
+        summary["histogram_match"] = {
+            "reference_tiles": REFERENCE_TILES,
+            "reference_seed_stream": 1,
+            "synthetic_quantiles": match[:, 0].tolist(),
+            "real_quantiles": match[:, 1].tolist(),
+        }
     if k < n:
         log.warning(
             "class %s: only %d of %d tiles passed the filter (min_confidence %s) in %d draws",

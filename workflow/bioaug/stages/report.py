@@ -191,6 +191,11 @@ def test_groups(items: pd.DataFrame, results: list[dict]) -> np.ndarray:
     return group_of.reindex(ids).to_numpy()
 
 
+def histograms_matched(acceptance: pd.DataFrame | None) -> bool:
+    """Whether the synthetic tiles went through generate.match_histograms."""
+    return acceptance is not None and "match_histograms" in acceptance and bool(acceptance["match_histograms"].any())
+
+
 def selective_synthesis_on(acceptance: pd.DataFrame | None) -> bool:
     """Whether the synthetic tiles were filtered (generate.min_confidence was set)."""
     return (
@@ -546,7 +551,7 @@ def fold_table(per_fold: list[dict]) -> Table:
     )
 
 
-def quality_table(quality: pd.DataFrame) -> Table:
+def quality_table(quality: pd.DataFrame, histograms_matched: bool = False) -> Table:
     cols = [c for c in QUALITY_COLUMNS if c in quality.columns]
     by_fold = "fold" in quality.columns
     rows = [
@@ -578,7 +583,16 @@ def quality_table(quality: pd.DataFrame) -> Table:
             "FID and KID are computed in bioaug's own feature space (the classifier above), not in the Inception "
             "features of published FID values: compare them between runs on this dataset only.",
             "n/a: undefined for the class (e.g. no synthetic tiles).",
-        ],
+        ]
+        + (
+            [
+                "The synthetic tiles were histogram-matched (generate.match_histograms): each class's pixel values "
+                "were mapped to the distribution of its real train tiles, channel by channel; the shapes are the "
+                "GAN's own."
+            ]
+            if histograms_matched
+            else []
+        ),
     )
 
 
@@ -681,7 +695,7 @@ def summary_tables(
     if per_fold and len({r.get("fold", 0) for r in per_fold}) > 1:
         tables["folds"] = fold_table(per_fold)
     if quality is not None:
-        tables["gan_quality"] = quality_table(quality)
+        tables["gan_quality"] = quality_table(quality, histograms_matched(acceptance))
     if selective_synthesis_on(acceptance):
         tables["acceptance"] = acceptance_table(acceptance)
     if times is not None and len(times):
