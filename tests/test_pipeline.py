@@ -50,6 +50,19 @@ def test_outputs_and_contracts(tiny_run):
     assert set(manifest[["format", "dtype", "scale"]].itertuples(index=False, name=None)) == {("tiff", "uint8", 255)}
     assert set(real["normalisation"]) == {"per_channel"} and real["low"].str.count("[|]").eq(1).all()
     assert (res / "balanced" / "README.txt").exists()
+    # generate.match_histograms (on by default): the balanced folder carries each class's map, and
+    # checkpoint + seed + map regenerate a synthetic tile exactly as generate wrote it
+    from bioaug import gan, histogram_match
+    from bioaug.formats.items import class_names
+
+    maps = json.loads((res / "balanced" / "histogram_match.json").read_text())["classes"]
+    assert set(maps) == set(syn["label"])
+    gen = gan.load_generator(res / "fold-0" / "gan" / "generator")
+    m = maps[first["label"]]
+    table = np.stack([m["synthetic_quantiles"], m["real_quantiles"]], axis=1)
+    raw = gan.sample_tiles(gen, class_names(items).index(first["label"]), np.array([int(first["seed"])]))
+    np.testing.assert_array_equal(histogram_match.apply(raw, table)[0], generated)
+    assert not np.array_equal(raw[0], generated)  # the map did change the values
 
     # GAN log, classifier metrics, summary and figures.
     gan_log = pd.read_csv(res / "fold-0" / "gan" / "train_log.csv")

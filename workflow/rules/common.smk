@@ -104,7 +104,8 @@ def selective_synthesis(dataset):
 
 def generate_params(wildcards):
     """The generate section; max_draws_factor only matters with selective synthesis on, and
-    match_histograms is passed only when on (runs from before it existed are not rerun)."""
+    match_histograms is passed only when on (a run with it off has the params of runs from
+    before it existed, so those are not rerun)."""
     cfg = dataset_section(config, wildcards.dataset, "generate")
     if cfg["min_confidence"] is None:
         del cfg["max_draws_factor"]
