@@ -146,3 +146,25 @@ def test_generate_without_shards_names_the_key(class_run):
             tmp_path / "gen", items, "b", {"target": "max_class", "count": None},
             {"batch_size": 16, "seed": 0, "min_confidence": None, "match_histograms": True}, tmp_path / "b.npy",
         )  # fmt: skip
+
+
+def test_the_real_side_reads_at_most_max_tiles_of_the_class_train_split(tmp_path):
+    """A large class is read as an evenly spaced subset of its train tiles, across shards; other
+    classes and splits never; a small class whole, in shard order."""
+    from bioaug.stages.generate import class_train_tiles
+
+    ids = [f"it{i:03d}" for i in range(40)]
+    labels = ["b", "a"] * 20
+    splits = ["train"] * 30 + ["test"] * 10
+    tiles = np.arange(40, dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 1), np.float32)  # tile i holds i
+    meta = pd.DataFrame({"tile_id": ids, "item_id": ids, "label": labels, "image": "f.tif", "pixel_size_um": np.nan})
+    norm = pd.DataFrame(columns=["image", "channel", "low", "high"])
+    shards = [tmp_path / "shard-00000.npy", tmp_path / "shard-00001.npy"]
+    write_shard(shards[0], tiles[:17], meta[:17], norm)
+    write_shard(shards[1], tiles[17:], meta[17:].reset_index(drop=True), norm)
+    items = pd.DataFrame({"item_id": ids, "image": "f.tif", "group": "f.tif", "label": labels, "split": splits})
+    b_train = [i for i in range(40) if labels[i] == "b" and splits[i] == "train"]  # 0, 2, ..., 28: 15 tiles
+    whole = class_train_tiles(shards, items, "b", 100)
+    assert whole[:, 0, 0, 0].tolist() == b_train
+    some = class_train_tiles(shards, items, "b", 5)[:, 0, 0, 0].tolist()
+    assert some == [b_train[i] for i in (0, 4, 7, 10, 14)]  # evenly spaced, first and last included

@@ -24,14 +24,17 @@ from .. import gan, histogram_match
 from ..balance_policy import class_targets
 from ..formats import synthetic
 from ..formats.items import class_names, label_of, read_items
-from ..formats.shards import load_tiles
+from ..formats.shards import select_tiles
 from ..runtime import BioaugError
 
 log = logging.getLogger("bioaug.generate")
 
 
-# Synthetic tiles drawn (with their own seeds) to fit a class's histogram match.
+# Synthetic tiles drawn (with their own seeds) to fit a class's histogram match, and the most
+# real train tiles it reads (evenly spaced through the class; 4096 tiles of 32 px are 4 M
+# values per channel, plenty for 1025 quantiles, and memory stays bounded for a large class).
 REFERENCE_TILES = 512
+REAL_TILES_MAX = 4096
 
 
 def run(
@@ -75,13 +78,29 @@ def tile_seeds(seed: int, class_index: int, n: int, stream: int = 0) -> np.ndarr
     )
 
 
+def class_train_tiles(shard_npys, items: pd.DataFrame, label: str, max_tiles: int) -> np.ndarray:
+    """The class's real train tiles, or `max_tiles` of them evenly spaced in shard order (only
+    those rows are read from the memory-mapped shards)."""
+    parts, _, _ = select_tiles(shard_npys, items[items["label"] == label], splits=("train",))
+    sizes = [len(idx) for _, idx in parts]
+    n = sum(sizes)
+    keep = np.unique(np.linspace(0, n - 1, min(n, max_tiles)).round().astype(int))
+    out, start = [], 0
+    for (arr, idx), size in zip(parts, sizes):
+        mine = keep[(keep >= start) & (keep < start + size)] - start
+        if len(mine):
+            out.append(np.asarray(arr[idx[mine]]))
+        start += size
+    return np.concatenate(out)
+
+
 def fit_histogram_match(gen, items: pd.DataFrame, label: str, generate_cfg: dict, shard_npys) -> np.ndarray:
     """The class's histogram match: a reference draw of REFERENCE_TILES synthetic tiles
     against the class's real train tiles (rounded to 6 decimals, as stored)."""
     if not shard_npys:
         raise BioaugError("generate.match_histograms is on but no tile shards were given")
     cls = class_names(items).index(label)
-    real, _, _ = load_tiles(shard_npys, items[items["label"] == label], splits=("train",))
+    real = class_train_tiles(shard_npys, items, label, REAL_TILES_MAX)
     reference = gan.sample_tiles(
         gen, cls, tile_seeds(generate_cfg["seed"], cls, REFERENCE_TILES, stream=1), generate_cfg["batch_size"]
     )
