@@ -161,6 +161,9 @@ def test_dataset_overrides_stay_sparse():
         (lambda c: c["datasets"]["tiny"]["builtin"].update(blur=[0, 1.0]), "datasets.tiny.builtin.blur"),
         (lambda c: c["datasets"]["tiny"]["builtin"].update(blur=[1.0, 50]), "datasets.tiny.builtin.blur"),
         (lambda c: c["datasets"]["tiny"]["builtin"].update(blurr=[1, 2]), "blurr"),  # unknown key
+        (lambda c: c["generate"].update(match_histograms="yes"), "generate.match_histograms"),
+        (lambda c: c["generate"].update(match_histograms=1), "generate.match_histograms"),  # not a bool
+        (lambda c: c["datasets"]["tiny"].update(generate={"match_histograms": None}), "datasets.tiny.generate"),
     ],
 )
 def test_schema_errors_name_the_key(mutate, key):

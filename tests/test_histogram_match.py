@@ -79,7 +79,8 @@ def class_run(tmp_path, monkeypatch):
     splits = ["train"] * 30 + ["test"] * 30 + ["train"] * 40
     ids = [f"it{i:03d}" for i in range(100)]
     meta = pd.DataFrame({"tile_id": ids, "item_id": ids, "label": labels, "image": "f.tif", "pixel_size_um": np.nan})
-    write_shard(tmp_path / "shard-00000.npy", tiles, meta, pd.DataFrame(columns=["image", "channel", "low", "high"]))
+    norm = pd.DataFrame({"image": "f.tif", "channel": [0, 1], "low": 0.0, "high": 1.0, "method": "per_channel"})
+    write_shard(tmp_path / "shard-00000.npy", tiles, meta, norm)
     items = pd.DataFrame({"item_id": ids, "image": "f.tif", "group": "f.tif", "label": labels, "split": splits})
     return tmp_path, items, b_train
 
@@ -168,3 +169,39 @@ def test_the_real_side_reads_at_most_max_tiles_of_the_class_train_split(tmp_path
     assert whole[:, 0, 0, 0].tolist() == b_train
     some = class_train_tiles(shards, items, "b", 5)[:, 0, 0, 0].tolist()
     assert some == [b_train[i] for i in (0, 4, 7, 10, 14)]  # evenly spaced, first and last included
+
+
+@pytest.mark.parametrize(
+    "methods, applies",
+    [
+        (["per_channel"], True),  # fluorescence
+        (["joint"], False),  # stained RGB: one map per channel would pull its colours apart
+        (["bit_depth"], False),
+        (["per_channel", "joint"], False),  # mixed shards: not every image per channel
+    ],
+)
+def test_auto_follows_the_tiles_normalisation(class_run, methods, applies):
+    from bioaug.stages.generate import generate_class
+
+    tmp_path, items, _ = class_run
+    shards = [tmp_path / "shard-00000.npy"]
+    if len(methods) > 1:  # a second shard, its image normalised another way
+        ids = ["zz0"]
+        meta = pd.DataFrame({"tile_id": ids, "item_id": ids, "label": "a", "image": "g.tif", "pixel_size_um": np.nan})
+        norm = pd.DataFrame({"image": "g.tif", "channel": [0, 1], "low": 0.0, "high": 1.0, "method": methods[1]})
+        write_shard(tmp_path / "shard-00001.npy", np.zeros((1, 8, 8, 2), np.float32), meta, norm)
+        shards.append(tmp_path / "shard-00001.npy")
+    else:  # rewrite the fixture's shard with the method under test
+        from bioaug.formats.shards import read_norm_table, shard_files
+
+        norm = read_norm_table(shards[0]).assign(method=methods[0])
+        norm.to_csv(shard_files(shards[0])[2], index=False)
+    cfg = {"batch_size": 16, "seed": 0, "min_confidence": None, "match_histograms": "auto"}
+    balance = {"target": "max_class", "count": None}
+    summary = generate_class(tmp_path / "gen", items, "b", balance, cfg, tmp_path / "b.npy", shard_npys=shards)
+    assert summary["match_histograms"] is applies and ("histogram_match" in summary) is applies
+    off = {**cfg, "match_histograms": False}
+    generate_class(tmp_path / "gen", items, "b", balance, off, tmp_path / "off.npy", shard_npys=shards)
+    assert np.array_equal(np.load(tmp_path / "b.npy"), np.load(tmp_path / "off.npy")) is not applies
+    with pytest.raises(BioaugError, match="generate.match_histograms is auto"):
+        generate_class(tmp_path / "gen", items, "b", balance, cfg, tmp_path / "c.npy")

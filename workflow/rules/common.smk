@@ -104,12 +104,12 @@ def selective_synthesis(dataset):
 
 def generate_params(wildcards):
     """The generate section; max_draws_factor only matters with selective synthesis on, and
-    match_histograms is passed only when on (a run with it off has the params of runs from
-    before it existed, so those are not rerun)."""
+    match_histograms is passed only unless false (a run with it off has the params of runs
+    from before it existed, so those are not rerun)."""
     cfg = dataset_section(config, wildcards.dataset, "generate")
     if cfg["min_confidence"] is None:
         del cfg["max_draws_factor"]
-    if not cfg["match_histograms"]:
+    if cfg["match_histograms"] is False:
         del cfg["match_histograms"]
     return cfg
 
@@ -156,12 +156,13 @@ def synthetic_files(suffix, fold=None):
 
 def generate_inputs(wildcards):
     """The generator; the feature classifier (the filter) when selective synthesis is on; the
-    tile shards when the histogram match is (it reads the class's real train tiles)."""
+    tile shards unless the histogram match is off (it reads the class's real train tiles, and
+    `auto` the tiles' normalisation)."""
     fold = f"results/{wildcards.dataset}/fold-{wildcards.fold}"
     inputs = {"generator": f"{fold}/gan/generator", "items_csv": f"{fold}/items.csv"}
     if selective_synthesis(wildcards.dataset):
         inputs["filter_classifier"] = f"{fold}/feature_classifier"
-    if dataset_section(config, wildcards.dataset, "generate")["match_histograms"]:
+    if dataset_section(config, wildcards.dataset, "generate")["match_histograms"] is not False:
         inputs["shards"] = shard_npys(wildcards)
         inputs["shard_tables"] = shard_tables(wildcards)
     return inputs

@@ -6,10 +6,11 @@ arm and the GAN quality metrics, which need synthetic tiles of every class, the 
 included. Each tile has its own seed (derived from generate.seed, the class and its index,
 prefix-stable), so any tile can be regenerated from the generator checkpoint and its seed.
 
-With generate.match_histograms, every tile of the class goes through the class's histogram
-match (bioaug.histogram_match): fitted on a reference draw with seeds of its own against the
-class's real train tiles, and stored in the class's .json, so a tile is still reproducible
-from the checkpoint, its seed and that map.
+With generate.match_histograms (true; or auto where the tiles were normalised per channel),
+every tile of the class goes through the class's histogram match (bioaug.histogram_match):
+fitted on a reference draw with seeds of its own against the class's real train tiles, and
+stored in the class's .json, so a tile is still reproducible from the checkpoint, its seed
+and that map.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .. import gan, histogram_match
 from ..balance_policy import class_targets
 from ..formats import synthetic
 from ..formats.items import class_names, label_of, read_items
-from ..formats.shards import select_tiles
+from ..formats.shards import read_norm_table, select_tiles
 from ..runtime import BioaugError
 
 log = logging.getLogger("bioaug.generate")
@@ -94,6 +95,18 @@ def class_train_tiles(shard_npys, items: pd.DataFrame, label: str, max_tiles: in
     return np.concatenate(out)
 
 
+def histogram_match_applies(setting, shard_npys) -> bool:
+    """generate.match_histograms: true / false as set; auto: true where every image of the
+    shards was normalised per channel (fluorescence), false where normalisation kept the colour
+    balance (joint, bit_depth: RGB, whose channels one map per channel would pull apart)."""
+    if setting != "auto":
+        return bool(setting)
+    if not shard_npys:
+        raise BioaugError("generate.match_histograms is auto but no tile shards were given")
+    methods = set().union(*(set(read_norm_table(npy)["method"]) for npy in shard_npys))
+    return methods == {"per_channel"}
+
+
 def fit_histogram_match(gen, items: pd.DataFrame, label: str, generate_cfg: dict, shard_npys) -> np.ndarray:
     """The class's histogram match: a reference draw of REFERENCE_TILES synthetic tiles
     against the class's real train tiles (rounded to 6 decimals, as stored)."""
@@ -143,7 +156,7 @@ def generate_class(
     max_draws = n if threshold is None else int(np.ceil(n * generate_cfg["max_draws_factor"]))
     shape = (gen.tile_size, gen.tile_size, gen.channels)
     match = None
-    if generate_cfg.get("match_histograms"):
+    if histogram_match_applies(generate_cfg.get("match_histograms", False), shard_npys):
         match = fit_histogram_match(gen, items, label, generate_cfg, shard_npys)
     kept_tiles, kept_seeds, kept_conf, drawn = [], [], [], 0
     if n:
