@@ -16,6 +16,7 @@ Where things live (one rule of workflow/rules/*.smk = one module of stages/):
   archives.py        safe extraction of dataset archives (by content, with limits)
   arms.py            the arms compared (real, real+classic, oversample, ..., gan_only)
   balance_policy.py  how many tiles each class should have after balancing
+  histogram_match.py a class's synthetic pixel values mapped to its real tiles' distribution
   run_times.py       where a run's time went: Snakemake benchmark files summed per rule
   verdicts.py        the verdict rule: paired bootstrap intervals, per-class verdicts
   tiling_rules.py    how an image becomes tiles (image_mode, normalise): shared by index and tile

@@ -162,7 +162,8 @@ def generate_inputs(wildcards):
     inputs = {"generator": f"{fold}/gan/generator", "items_csv": f"{fold}/items.csv"}
     if selective_synthesis(wildcards.dataset):
         inputs["filter_classifier"] = f"{fold}/feature_classifier"
-    if dataset_section(config, wildcards.dataset, "generate")["match_histograms"] is not False:
+    match = dataset_section(config, wildcards.dataset, "generate")["match_histograms"]
+    if match is not False:
         inputs["shards"] = shard_npys(wildcards)
         inputs["shard_tables"] = shard_tables(wildcards)
     return inputs
