@@ -50,7 +50,7 @@ def test_outputs_and_contracts(tiny_run):
     assert set(manifest[["format", "dtype", "scale"]].itertuples(index=False, name=None)) == {("tiff", "uint8", 255)}
     assert set(real["normalisation"]) == {"per_channel"} and real["low"].str.count("[|]").eq(1).all()
     assert (res / "balanced" / "README.txt").exists()
-    # generate.match_histograms (auto, the default; on here, as the fluorescence tiles are normalised
+    # generate.match_histograms (auto in tiny.yaml; on here, as the fluorescence tiles are normalised
     # per channel): the balanced folder carries each class's map, and
     # checkpoint + seed + map regenerate a synthetic tile exactly as generate wrote it
     from bioaug import gan, histogram_match

@@ -45,7 +45,7 @@ def test_a_synthetic_tile_regenerates_from_its_manifest_row_after_retraining(cop
     gen = load_generator(row["checkpoint"])
     names = class_names(pd.read_csv(res / "fold-0" / "items.csv", dtype=str))
     again = sample_tiles(gen, names.index(cls), np.array([int(row["seed"])]))
-    # the tiny run's fluorescence tiles are histogram-matched (generate.match_histograms: auto): the
+    # the tiny run's fluorescence tiles are histogram-matched (tiny.yaml: match_histograms auto): the
     # balanced folder keeps each class's map beside the manifest
     m = json.loads((res / "balanced" / "histogram_match.json").read_text())["classes"][cls]
     again = histogram_match.apply(again, np.stack([m["synthetic_quantiles"], m["real_quantiles"]], axis=1))

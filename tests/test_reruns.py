@@ -41,7 +41,7 @@ CASES = {
     "generate.min_confidence": (lambda c: c["generate"].update(min_confidence=0.3), AFTER_GENERATE),
     "generate.match_histograms off": (lambda c: c["generate"].update(match_histograms=False), AFTER_GENERATE),
     "generate.match_histograms on": (lambda c: c["generate"].update(match_histograms=True), AFTER_GENERATE),
-    "generate.match_histograms auto (the default)": (lambda c: c["generate"].update(match_histograms="auto"), {}),
+    "generate.match_histograms auto (as tiny.yaml)": (lambda c: c["generate"].update(match_histograms="auto"), {}),
     "balance.target": (lambda c: c["balance"].update(target="fixed", count=40), AFTER_GENERATE),
     "classifier.lr": (lambda c: c["classifier"].update(lr=0.002), CLASSIFY),
     "classifier.seeds (one more)": (lambda c: c["classifier"].update(seeds=[0, 1]), CLASSIFY),
