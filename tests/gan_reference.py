@@ -24,6 +24,7 @@ REFERENCE_GAN: dict = {
     "conditional_bn": False,
     "g_output": "tanh",
     "tanh_scale": 1.0,
+    "g_padding": "zeros",
     "noise_inputs": False,
     "diffaugment": ["color", "translation", "cutout"],
     "real_symmetry": "none",

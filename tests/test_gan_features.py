@@ -74,19 +74,31 @@ def _plain_conv(x, w, stride, pad):
     )
 
 
+def _edge_padded_conv(x, w):
+    return _plain_conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge"), w, 1, 0)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "edge"])
 @pytest.mark.parametrize("cin, cout, size", [(5, 3, 3)])
-def test_upsample_conv_matches_upsample_then_conv(cin, cout, size):
+def test_upsample_conv_matches_upsample_then_conv(cin, cout, size, padding):
+    """The fused form equals nearest 2x then a padded 3x3 conv, values and gradients; with
+    "edge", the upsampled image is padded with copies of its border pixels."""
     kx, kw = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, (2, size, size + 1, cin))
+    x = jax.random.normal(kx, (2, size, size + 1, cin)) + 3.0  # far from 0: a zero frame would show
     w = jax.random.normal(kw, (3, 3, cin, cout))
-    ref = lambda x, w: _plain_conv(upsample2x(x), w, 1, 1)  # noqa: E731
-    fast = jax.jit(upsample_conv3x3)
+    if padding == "zeros":
+        ref = lambda x, w: _plain_conv(upsample2x(x), w, 1, 1)  # noqa: E731
+    else:
+        ref = lambda x, w: _edge_padded_conv(upsample2x(x), w)  # noqa: E731
+        other = _plain_conv(upsample2x(x), w, 1, 1)
+        assert float(jnp.abs(ref(x, w) - other)[:, 0].min()) > 1e-3  # the two paddings differ on every edge pixel
+    fast = jax.jit(lambda x, w: upsample_conv3x3(x, w, padding=padding))
     np.testing.assert_allclose(fast(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
     loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
     g_ref = jax.grad(loss(ref), argnums=(0, 1))(x, w)
-    g_fast = jax.jit(jax.grad(loss(upsample_conv3x3), argnums=(0, 1)))(x, w)
-    for a, b in zip(g_fast, g_ref):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    g_fast = jax.jit(jax.grad(loss(lambda x, w: upsample_conv3x3(x, w, padding=padding)), argnums=(0, 1)))(x, w)
+    for a, b in zip(g_fast, g_ref):  # float32 sums of |x| ~ 3 in another order
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
 
 
 def test_strided_conv_custom_gradient_matches_lax():
@@ -620,3 +632,48 @@ def test_checkpoint_of_an_older_layout_restores(tmp_path):
     assert float(restored["aug_p"]) == 1.0 and restored["metrics"].shape == (S.N_METRICS,)
     for a, b in zip(jax.tree.leaves(restored["g"]), jax.tree.leaves(state["g"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_edge_padding_draws_no_frame_and_is_exported(tmp_path):
+    """gan.g_padding edge: every G conv pads with copies of the border pixels, so a G whose
+    4x4 map is spatially constant draws a constant tile, where zero padding draws a frame at
+    the tile's edge; the exported generator remembers the padding, and one exported before
+    the option loads with zeros."""
+    import json
+
+    from flax import nnx
+
+    from bioaug.gan import load_generator, sample_tiles
+    from bioaug.gan.networks import build_networks
+
+    key = jax.random.key(0)
+    z, y = jax.random.normal(jax.random.key(1), (4, TINY["z_dim"])), jnp.arange(4) % 3
+    spread = {}
+    for padding in ("zeros", "edge"):
+        g, _ = build_networks(gan_config(16, 1, 3, **TINY, g_padding=padding), key)
+        g.fc.kernel[...] = jnp.zeros_like(g.fc.kernel[...])  # the 4x4 map: the bias alone, the same everywhere
+        g.fc.bias[...] = jax.random.normal(jax.random.key(2), g.fc.bias.shape)
+        g.fc.bias[...] = jnp.tile(g.fc.bias[...][: TINY["g_channels"][0]], 16)  # one value per channel
+        out = np.asarray(g(z, y, train=False))
+        spread[padding] = float((out - out[:, 8:9, 8:9]).std())  # against the tile's centre pixel
+    assert spread["edge"] < 1e-6 < 1e-3 < spread["zeros"], spread
+    with pytest.raises(ValueError, match="padding"):
+        build_networks(gan_config(16, 1, 3, **TINY, g_padding="reflect"), key)
+
+    tiles, labels = _data()
+    res = train_gan(
+        tiles, labels, ["a", "b", "c"], gan_section(**{**TINY, "steps": 2, "g_padding": "edge"}),
+        checkpoint_root=tmp_path / "ck", generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
+        samples_png=tmp_path / "s.png",
+    )  # fmt: skip
+    assert res["steps_done"] == 2
+    gen = load_generator(tmp_path / "gen")
+    assert gen.meta["g_padding"] == "edge" and nnx.merge(gen.graphdef, gen.params, gen.batch_stats).padding == "edge"
+    edge_tiles = sample_tiles(gen, 0, np.arange(8))
+    meta_path = tmp_path / "gen" / "generator.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["g_padding"]  # as written before the option existed
+    meta_path.write_text(json.dumps(meta))
+    old = load_generator(tmp_path / "gen")
+    assert nnx.merge(old.graphdef, old.params, old.batch_stats).padding == "zeros"
+    assert not np.allclose(sample_tiles(old, 0, np.arange(8)), edge_tiles)  # the same weights, padded otherwise

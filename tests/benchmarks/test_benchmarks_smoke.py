@@ -109,6 +109,33 @@ def test_benchmark_small(script):
         assert res["by_count_tile_jobs"] == math.ceil(res["n_images"] / 48), res
 
 
+def test_bench_tiling_compressed_fields(tmp_path):
+    """--compression zlib: the fields are Deflate-compressed TIFFs (what the plain read then
+    decompresses), and the benchmark reports on them."""
+    import tifffile
+
+    sys.path.insert(0, str(HERE))
+    try:
+        from bench_tiling import make_dataset
+    finally:
+        sys.path.remove(str(HERE))
+    make_dataset(tmp_path / "z", 2, size=64, cells=4, compression="zlib")
+    make_dataset(tmp_path / "raw", 2, size=64, cells=4)
+    for field in sorted((tmp_path / "z" / "images").glob("*.tif")):
+        with tifffile.TiffFile(field) as tif:
+            assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        raw = tmp_path / "raw" / "images" / field.name
+        assert (tifffile.imread(field) == tifffile.imread(raw)).all()  # same pixels, only stored otherwise
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "bench_tiling.py"), "--small", "--n-files", "4", "--reps", "1",
+         "--compression", "zlib"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["compression"] == "zlib" and res["n_files"] == 4 and math.isfinite(res["ratio"]) and res["ratio"] > 0
+
+
 def test_bench_judges_on_a_finished_run(tiny_run):
     """bench_judges.py trains `real` with the run's small CNN and a ResNet on the run's own
     tiles; its small-CNN model of seed 0 is the classify stage's model (same tiles, budget and

@@ -52,6 +52,7 @@ class GanConfig:
     conditional_bn: bool  # class-dependent BN scale/shift in G (off: the reference net)
     g_output: str  # tanh | linear: G's last activation (linear: clipped only when sampling)
     tanh_scale: float  # G's output is tanh * this (> 1: headroom beyond the data's [-1, 1])
+    g_padding: str  # zeros | edge: how G's convs pad (edge: no dark frame at the tile's edge)
     noise_inputs: bool  # per-pixel noise with learned strengths after every G conv (StyleGAN)
     diffaugment: tuple[str, ...]
     real_symmetry: str  # none | dihedral: random rotations/flips of the real tiles D sees

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .ops import conv2d, upsample_conv3x3
+from .ops import PAD_MODES, conv2d, upsample_conv3x3
 
 if TYPE_CHECKING:
     from .config import GanConfig
@@ -177,7 +177,8 @@ class UpBlock(nnx.Module):
     """
 
     def __init__(self, cin: int, cout: int, n_classes: int, conditional_bn: bool, *, rngs: nnx.Rngs, dtype=None,
-                 noise: bool = False):  # fmt: skip
+                 noise: bool = False, padding: str = "zeros"):  # fmt: skip
+        self.padding = padding
         self.conv = nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)), kernel_init=torch_default_init, rngs=rngs)
         self.bn = ClassBatchNorm(cout, n_classes, conditional_bn, rngs=rngs)
         self.dtype = dtype
@@ -185,7 +186,7 @@ class UpBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, y: jax.Array, train: bool, noise: jax.Array | None = None,
                  cond: jax.Array | float = 1.0) -> jax.Array:  # fmt: skip
-        x = upsample_conv3x3(x, self.conv.kernel[...], self.dtype)
+        x = upsample_conv3x3(x, self.conv.kernel[...], self.dtype, self.padding)
         x = x.astype(jnp.float32) + self.conv.bias[...]
         if self.noise_strength is not None:
             x = x + noise * self.noise_strength[...]
@@ -209,6 +210,9 @@ class Generator(nnx.Module):
     `tanh_scale` > 1 stretches the tanh output beyond [-1, 1] (clipped to the data range when
     sampling): the data's dark background (just above -1) and saturated pixels (at 1) then sit
     where tanh still passes gradient, not on its flat tails.
+    `padding` is how every G conv pads: "zeros" (the reference network), or "edge", copies
+    of the border pixels, so that no conv sees a dark frame at the tile's edge that real
+    tiles (crops of larger fields) do not have.
     `train=True` normalises with batch statistics (and updates the running ones);
     `train=False` uses the running statistics, so each sample depends only on its (z, y).
     `cond` in [0, 1] scales every class-dependent input (the embedding and the conditional BN
@@ -229,10 +233,14 @@ class Generator(nnx.Module):
         output: str = "tanh",
         noise_inputs: bool = False,
         tanh_scale: float = 1.0,
+        padding: str = "zeros",
     ):
         g_channels = tuple(int(c) for c in g_channels)
         if output not in G_OUTPUTS:
             raise ValueError(f"generator output must be one of {G_OUTPUTS}, got {output!r}")
+        if padding not in PAD_MODES:
+            raise ValueError(f"generator padding must be one of {tuple(PAD_MODES)}, got {padding!r}")
+        self.padding = padding
         self.output = output
         self.tanh_scale = float(tanh_scale)
         self.dtype = dtype
@@ -242,7 +250,9 @@ class Generator(nnx.Module):
         self.bn0 = ClassBatchNorm(g_channels[0], n_classes, conditional_bn, rngs=rngs)
         blocks, cin = [], g_channels[0]
         for c in g_channels:
-            blocks.append(UpBlock(cin, c, n_classes, conditional_bn, rngs=rngs, dtype=dtype, noise=noise_inputs))
+            blocks.append(
+                UpBlock(cin, c, n_classes, conditional_bn, rngs=rngs, dtype=dtype, noise=noise_inputs, padding=padding)
+            )
             cin = c
         self.blocks = nnx.List(blocks)
         self.out = nnx.Conv(
@@ -259,7 +269,17 @@ class Generator(nnx.Module):
             side = 2 * h.shape[1]
             noise = pixel_noise(keys, i, (side, side, 1)) if keys is not None else None
             h = block(h, y, train, noise, cond)
-        y = conv2d(h, self.out.kernel[...], 1, 1, self.dtype).astype(jnp.float32) + self.out.bias[...]
+        if self.padding == "zeros":
+            y = conv2d(h, self.out.kernel[...], 1, 1, self.dtype)
+        else:
+            y = conv2d(
+                jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=PAD_MODES[self.padding]),
+                self.out.kernel[...],
+                1,
+                0,
+                self.dtype,
+            )
+        y = y.astype(jnp.float32) + self.out.bias[...]
         if keys is not None:  # pixel-independent noise in every output channel
             y = y + pixel_noise(keys, len(self.blocks), y.shape[1:]) * self.out_noise_strength[...]
         return jnp.tanh(y) * self.tanh_scale if self.output == "tanh" else y
@@ -331,6 +351,7 @@ def build_networks(cfg: GanConfig, key: jax.Array) -> tuple[Generator, Discrimin
         output=cfg.g_output,
         noise_inputs=cfg.noise_inputs,
         tanh_scale=cfg.tanh_scale,
+        padding=cfg.g_padding,
     )
     d = Discriminator(
         cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm, rngs=nnx.Rngs(params=kd), dtype=dtype

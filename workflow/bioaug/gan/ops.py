@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 IM2COL_MAX_PATCH = 27  # cin * k * k up to this: im2col matmul instead of lax.conv
+PAD_MODES = {"zeros": "constant", "edge": "edge"}  # gan.g_padding -> jnp.pad's mode
 
 
 def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, dtype=None) -> jax.Array:
@@ -56,8 +57,11 @@ def _im2col_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.A
 _PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], np.float32)
 
 
-def upsample_conv3x3(x: jax.Array, w: jax.Array, dtype=None) -> jax.Array:
+def upsample_conv3x3(x: jax.Array, w: jax.Array, dtype=None, padding: str = "zeros") -> jax.Array:
     """conv3x3(nearest_upsample_2x(x), w) with padding 1, computed at x's resolution.
+
+    `padding` "zeros" pads the upsampled image with zeros, "edge" with copies of its border
+    pixels (padding x's border by one, then upsampling, gives exactly that).
 
     The 3x3 kernel is folded into a 2x2-tap kernel per output phase (a, b) (see
     _PHASE_TAPS); one matmul of the 2x2 patches of the padded input, (B, H+1, W+1, 4 cin)
@@ -71,15 +75,15 @@ def upsample_conv3x3(x: jax.Array, w: jax.Array, dtype=None) -> jax.Array:
     k = jnp.einsum("ahk,bwl,klio->hwiabo", taps, taps, w).reshape(4 * cin, 4 * cout)
     if dtype is not None:
         x, k = x.astype(dtype), k.astype(dtype)
-    return _phase_matmul(x, k, cout)
+    return _phase_matmul(x, k, cout, padding)
 
 
-def _phase_matmul(x: jax.Array, k: jax.Array, cout: int) -> jax.Array:
+def _phase_matmul(x: jax.Array, k: jax.Array, cout: int, padding: str = "zeros") -> jax.Array:
     """(B, H, W, cin) -> (B, 2H, 2W, cout): output phase (a, b) at (i, j) is the 2x2 patch
     of the 1-padded input at (i + a, j + b) times k's (a, b) block; k is (4 cin, 4 cout)
     with rows ordered (tap row, tap col, cin) and columns (a, b, cout)."""
     b, h, wd, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=PAD_MODES[padding])
     patches = jnp.concatenate([xp[:, i : i + h + 1, j : j + wd + 1] for i in (0, 1) for j in (0, 1)], axis=-1)
     m = b * (h + 1) * (wd + 1)
     y = _matmul(patches.reshape(m, -1), k).reshape(b, h + 1, wd + 1, 2, 2, cout)

@@ -59,12 +59,13 @@ def abstract_generator(
     output: str = "tanh",
     noise_inputs: bool = False,
     tanh_scale: float = 1.0,
+    padding: str = "zeros",
 ):
     """(graphdef, abstract params, abstract batch stats) without allocating weights."""
     g = nnx.eval_shape(
         lambda: Generator(
             z_dim, n_classes, g_channels, out_channels, rngs=nnx.Rngs(0), conditional_bn=conditional_bn,
-            output=output, noise_inputs=noise_inputs, tanh_scale=tanh_scale,
+            output=output, noise_inputs=noise_inputs, tanh_scale=tanh_scale, padding=padding,
         )
     )  # fmt: skip
     graphdef, params, stats = nnx.split(g, nnx.Param, nnx.BatchStat)
@@ -203,6 +204,7 @@ def load_generator(generator_dir: Path) -> GeneratorHandle:
             str(meta.get("g_output", "tanh")),
             bool(meta.get("noise_inputs", False)),
             float(meta.get("tanh_scale", 1.0)),
+            str(meta.get("g_padding", "zeros")),  # generators exported before the option
         )
     except KeyError as e:
         raise BioaugError(f"{meta_path}: missing field {e}") from None

@@ -297,6 +297,7 @@ def _export(
         "g_output": cfg.g_output,
         "noise_inputs": cfg.noise_inputs,
         "tanh_scale": cfg.tanh_scale,
+        "g_padding": cfg.g_padding,
         "out_channels": cfg.channels,
         "tile_size": cfg.tile_size,
         "class_names": class_names,
