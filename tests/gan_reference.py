@@ -25,6 +25,7 @@ REFERENCE_GAN: dict = {
     "g_output": "tanh",
     "tanh_scale": 1.0,
     "g_padding": "zeros",
+    "pixel_noise": "none",
     "noise_inputs": False,
     "diffaugment": ["color", "translation", "cutout"],
     "real_symmetry": "none",

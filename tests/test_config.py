@@ -126,6 +126,11 @@ def test_dataset_overrides_stay_sparse():
         (lambda c: c["gan"].update(conditional_transition=[5]), "gan.conditional_transition"),
         (lambda c: c["gan"].update(tanh_scale=0.9), "gan.tanh_scale"),  # would never reach the data's range
         (lambda c: c["gan"].update(tanh_scale=None), "gan.tanh_scale"),
+        (lambda c: c["gan"].update(g_padding="reflect"), "gan.g_padding"),
+        (lambda c: c["gan"].update(g_padding=None), "gan.g_padding"),
+        (lambda c: c["gan"].update(pixel_noise=True), "gan.pixel_noise"),  # YAML's yes: not a mode
+        (lambda c: c["gan"].update(pixel_noise="poisson"), "gan.pixel_noise"),
+        (lambda c: c["gan"].update(noise_variance=[[0.1], [0.1]]), "noise_variance"),  # fitted, not set
         (lambda c: c["gan"].update(conditional_transition=[-5, 10]), "gan.conditional_transition"),
         (lambda c: c["gan"].update(conditional_transition=[5.5, 10]), "gan.conditional_transition"),
         (lambda c: c["gan"].update(conditional_transition="500-1500"), "gan.conditional_transition"),

@@ -10,7 +10,7 @@ Where things live (one rule of workflow/rules/*.smk = one module of stages/):
   formats/           one module per artefact, its only reader and writer: items, shards,
                      synthetic, balanced, classify_results, images (source images)
   gan/               the class-conditional GAN: networks, ops, losses, step, state, devices,
-                     augment, input_pipeline, sample, train (see gan/__init__.py)
+                     augment, noise_model, input_pipeline, sample, train (see gan/__init__.py)
   classifier/        the downstream CNN and its training loop (one arm, one seed)
   metrics/           every metric its own module behind one registry
   archives.py        safe extraction of dataset archives (by content, with limits)

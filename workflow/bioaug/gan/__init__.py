@@ -5,6 +5,7 @@ networks.py        layers and networks: Generator, projection Discriminator, spe
 ops.py             fast conv kernels: fused upsample+conv, im2col, custom-VJP matmul / conv
 losses.py          the objective: D/G losses, LeCam, lazy R1, mode seeking, D's and G's objectives
 augment.py         DiffAugment (color, translation, cutout), optional per-image probability p
+noise_model.py     the real tiles' pixel noise (variance a * I + b per channel), fitted for G's output
 input_pipeline.py  class-balanced restartable batches, tile sources, background batch loader
 devices.py         multi-process start-up, data-parallel mesh, shardings, host reads
 step.py            the jitted train step, its runtime hyperparameters, the Adam optimiser

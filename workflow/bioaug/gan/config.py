@@ -14,7 +14,7 @@ from typing import Any
 
 ADA_MAX_KIMG = 500.0  # StyleGAN2-ADA: p can go 0 -> 1 in 500k real images
 ADA_AUTO_FRACTION = 0.1  # ... or, for shorter runs, in a tenth of the run's images
-DATA_FIELDS = ("tile_size", "channels", "n_classes")
+DATA_FIELDS = ("tile_size", "channels", "n_classes", "noise_variance")
 
 # Numbers written either way in YAML (50 or 50.0): one type, so that equal settings give
 # equal configs, run identities and exported metadata.
@@ -53,6 +53,7 @@ class GanConfig:
     g_output: str  # tanh | linear: G's last activation (linear: clipped only when sampling)
     tanh_scale: float  # G's output is tanh * this (> 1: headroom beyond the data's [-1, 1])
     g_padding: str  # zeros | edge: how G's convs pad (edge: no dark frame at the tile's edge)
+    pixel_noise: str  # none | fitted: G's output carries the real tiles' pixel noise (noise_model.py)
     noise_inputs: bool  # per-pixel noise with learned strengths after every G conv (StyleGAN)
     diffaugment: tuple[str, ...]
     real_symmetry: str  # none | dihedral: random rotations/flips of the real tiles D sees
@@ -75,6 +76,9 @@ class GanConfig:
     # Unconditional-to-conditional training (steps [start, end]; None: conditional throughout).
     conditional_transition: tuple[int, int] | None
     compute_dtype: str  # matmul/conv operands: float32 | bfloat16
+    # From the data, with pixel_noise fitted: ((a per channel), (b per channel)) of the noise
+    # variance a * I + b that G adds to its output (noise_model.fit_noise_model).
+    noise_variance: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -154,6 +154,9 @@ class ClassBatchNorm(nnx.BatchNorm):
         return h * (1.0 + gain.reshape(shape)) + bias.reshape(shape)
 
 
+CAMERA_NOISE_STREAM = 1000  # pixel_noise's stream of a sample's noise (noise inputs use 0, 1, ...)
+
+
 def noise_keys(z: jax.Array) -> jax.Array:
     """One PRNG key per row of z, made from the bits of its first two entries: the per-pixel
     noise of a sample is then a function of its z alone (sampling stays deterministic in
@@ -210,6 +213,11 @@ class Generator(nnx.Module):
     `tanh_scale` > 1 stretches the tanh output beyond [-1, 1] (clipped to the data range when
     sampling): the data's dark background (just above -1) and saturated pixels (at 1) then sit
     where tanh still passes gradient, not on its flat tails.
+    `noise_variance` ((a per channel), (b per channel), in [0, 1] units; None: off) adds a
+    camera's shot and read noise to the output, variance a * I + b at intensity I
+    (noise_model.py), drawn from z like the noise inputs; the output is then clipped to the
+    data's [-1, 1], as real tiles are by their normalisation. The noise's scale passes no
+    gradient: G is trained to draw the clean image under it.
     `padding` is how every G conv pads: "zeros" (the reference network), or "edge", copies
     of the border pixels, so that no conv sees a dark frame at the tile's edge that real
     tiles (crops of larger fields) do not have.
@@ -234,6 +242,7 @@ class Generator(nnx.Module):
         noise_inputs: bool = False,
         tanh_scale: float = 1.0,
         padding: str = "zeros",
+        noise_variance: tuple[Sequence[float], Sequence[float]] | None = None,
     ):
         g_channels = tuple(int(c) for c in g_channels)
         if output not in G_OUTPUTS:
@@ -241,6 +250,13 @@ class Generator(nnx.Module):
         if padding not in PAD_MODES:
             raise ValueError(f"generator padding must be one of {tuple(PAD_MODES)}, got {padding!r}")
         self.padding = padding
+        if noise_variance is not None:
+            noise_variance = tuple(tuple(float(v) for v in part) for part in noise_variance)
+            if len(noise_variance) != 2 or any(len(part) != out_channels for part in noise_variance):
+                raise ValueError(
+                    f"noise_variance: expected (a, b) with {out_channels} value(s) each, got {noise_variance}"
+                )
+        self.noise_variance = noise_variance
         self.output = output
         self.tanh_scale = float(tanh_scale)
         self.dtype = dtype
@@ -282,7 +298,17 @@ class Generator(nnx.Module):
         y = y.astype(jnp.float32) + self.out.bias[...]
         if keys is not None:  # pixel-independent noise in every output channel
             y = y + pixel_noise(keys, len(self.blocks), y.shape[1:]) * self.out_noise_strength[...]
-        return jnp.tanh(y) * self.tanh_scale if self.output == "tanh" else y
+        y = jnp.tanh(y) * self.tanh_scale if self.output == "tanh" else y
+        if self.noise_variance is not None:
+            y = self._camera_noise(y, noise_keys(z))
+        return y
+
+    def _camera_noise(self, y: jax.Array, keys: jax.Array) -> jax.Array:
+        """y (in [-1, 1] units) plus noise of variance a * I + b at I = (y + 1) / 2, clipped."""
+        a, b = (jnp.asarray(v, jnp.float32) for v in self.noise_variance)
+        level = jnp.clip((jax.lax.stop_gradient(y) + 1.0) * 0.5, 0.0, 1.0)
+        sigma = 2.0 * jnp.sqrt(a * level + b)  # [-1, 1] units are twice [0, 1]'s
+        return jnp.clip(y + sigma * pixel_noise(keys, CAMERA_NOISE_STREAM, y.shape[1:]), -1.0, 1.0)
 
 
 class DownBlock(nnx.Module):
@@ -352,6 +378,7 @@ def build_networks(cfg: GanConfig, key: jax.Array) -> tuple[Generator, Discrimin
         noise_inputs=cfg.noise_inputs,
         tanh_scale=cfg.tanh_scale,
         padding=cfg.g_padding,
+        noise_variance=cfg.noise_variance,
     )
     d = Discriminator(
         cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm, rngs=nnx.Rngs(params=kd), dtype=dtype

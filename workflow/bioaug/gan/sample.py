@@ -60,16 +60,23 @@ def abstract_generator(
     noise_inputs: bool = False,
     tanh_scale: float = 1.0,
     padding: str = "zeros",
+    noise_variance=None,
 ):
     """(graphdef, abstract params, abstract batch stats) without allocating weights."""
     g = nnx.eval_shape(
         lambda: Generator(
             z_dim, n_classes, g_channels, out_channels, rngs=nnx.Rngs(0), conditional_bn=conditional_bn,
             output=output, noise_inputs=noise_inputs, tanh_scale=tanh_scale, padding=padding,
+            noise_variance=noise_variance,
         )
     )  # fmt: skip
     graphdef, params, stats = nnx.split(g, nnx.Param, nnx.BatchStat)
     return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
+
+
+def _noise_variance(entry):
+    """generator.json's {"a": [...], "b": [...]} (gan.pixel_noise fitted) as Generator takes it."""
+    return None if entry is None else (tuple(entry["a"]), tuple(entry["b"]))
 
 
 def recalibrate_batch_stats(
@@ -205,6 +212,7 @@ def load_generator(generator_dir: Path) -> GeneratorHandle:
             bool(meta.get("noise_inputs", False)),
             float(meta.get("tanh_scale", 1.0)),
             str(meta.get("g_padding", "zeros")),  # generators exported before the option
+            _noise_variance(meta.get("noise_variance")),
         )
     except KeyError as e:
         raise BioaugError(f"{meta_path}: missing field {e}") from None

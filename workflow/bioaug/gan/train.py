@@ -12,6 +12,7 @@ process 0.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from bioaug.runtime import BioaugError, atomic_path, log_devices, progress
 from .config import GanConfig
 from .devices import check_batch_divisible, make_mesh, maybe_initialize_distributed, process_rows, shardings, to_host
 from .input_pipeline import ArrayTiles, BatchLoader, as_tile_source
+from .noise_model import fit_from_source
 from .sample import make_eval_forward, recalibrate_batch_stats, write_generator
 from .state import RUN_META, data_fingerprint, init_train_state, restore_train_state, run_folder, run_identity
 from .step import N_METRICS, cached_train_step, mode_seeking_target, r1_due, step_hyperparams
@@ -84,6 +86,11 @@ def train_gan(
     log_devices(log)
     t_start = time.perf_counter()
     tiles, labels, cfg = _validate_data(tiles, labels, class_names, cfg)
+    if cfg.pixel_noise == "fitted" and cfg.noise_variance is None:
+        a, b = fit_from_source(tiles)
+        cfg = dataclasses.replace(cfg, noise_variance=(a, b))
+        log.info("pixel noise fitted to the real tiles, variance a * I + b per channel: a %s, b %s",
+                 [f"{v:.3g}" for v in a], [f"{v:.3g}" for v in b])  # fmt: skip
     class_names = [str(c) for c in class_names]
     classes = np.unique(labels)
     missing = [class_names[i] for i in range(cfg.n_classes) if i not in set(classes.tolist())]
@@ -298,6 +305,7 @@ def _export(
         "noise_inputs": cfg.noise_inputs,
         "tanh_scale": cfg.tanh_scale,
         "g_padding": cfg.g_padding,
+        "noise_variance": None if cfg.noise_variance is None else dict(zip("ab", map(list, cfg.noise_variance))),
         "out_channels": cfg.channels,
         "tile_size": cfg.tile_size,
         "class_names": class_names,
