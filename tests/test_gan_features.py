@@ -669,6 +669,7 @@ def test_edge_padding_draws_no_frame_and_is_exported(tmp_path):
     assert res["steps_done"] == 2
     gen = load_generator(tmp_path / "gen")
     assert gen.meta["g_padding"] == "edge" and nnx.merge(gen.graphdef, gen.params, gen.batch_stats).padding == "edge"
+    assert gen.meta["noise_variance"] is None  # gan.pixel_noise: none
     edge_tiles = sample_tiles(gen, 0, np.arange(8))
     meta_path = tmp_path / "gen" / "generator.json"
     meta = json.loads(meta_path.read_text())
