@@ -37,8 +37,8 @@ def test_default_config_passes():
 
 def test_hard_preset_is_config_yaml_with_a_harder_dataset():
     """presets/hard.yaml validates and differs from config.yaml only in its dataset: the key, the
-    three builtin knobs that make it harder, its size and its own split fractions (so every
-    global stage setting, the GAN's included, is the demo's)."""
+    three builtin knobs that make it harder, its size, its own split fractions and the GAN's
+    fitted pixel noise for its dim stain (every global stage setting is the demo's)."""
     demo = yaml.safe_load((REPO / "config.yaml").read_text())
     hard = yaml.safe_load((REPO / "presets" / "hard.yaml").read_text())
     validate_config(copy.deepcopy(hard))
@@ -48,6 +48,7 @@ def test_hard_preset_is_config_yaml_with_a_harder_dataset():
     assert 0 < knobs["separation"] < 1 and 0 < knobs["signal"] < 1 and knobs["blur"][0] > 1.0, knobs
     assert ds["builtin"].pop("n_images") > demo["datasets"]["demo"]["builtin"].pop("n_images")
     assert set(ds.pop("split")) == {"fractions"}
+    assert ds.pop("gan") == {"pixel_noise": "fitted"}  # its dim stain's grain (README, The GAN)
     assert ds == demo["datasets"]["demo"]
     assert {k: v for k, v in hard.items() if k != "datasets"} == {k: v for k, v in demo.items() if k != "datasets"}
 
