@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from bioaug.gan import devices as D
+from bioaug.gan import load_generator, train_gan
 from bioaug.gan import state as ST
 from bioaug.gan import step as S
-from bioaug.gan import train_gan
 from bioaug.gan.augment import diff_augment, random_dihedral
 from bioaug.gan.input_pipeline import ArrayTiles, BatchLoader, ShardedTiles, class_balanced_indices, gather_batch
 from bioaug.gan.ops import conv2d, upsample2x, upsample_conv3x3
@@ -35,6 +35,19 @@ def _data(n=30, seed=0):
     rng = np.random.default_rng(seed)
     labels = np.array([0] * (n - 10) + [1] * 7 + [2] * 3)
     return rng.random((n, 16, 16, 1), dtype=np.float32), labels
+
+
+def train_tiny_gan(tmp_path, steps: int, channels: int = 1, **overrides):
+    """train_gan on `_data()` (its channel repeated to `channels`) with TINY and `overrides`;
+    (the result, the exported generator loaded back)."""
+    tiles, labels = _data()
+    tiles = np.concatenate([tiles] * channels, axis=-1)
+    res = train_gan(
+        tiles, labels, ["a", "b", "c"], gan_section(**{**TINY, "steps": steps, **overrides}),
+        checkpoint_root=tmp_path / "ck", generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
+        samples_png=tmp_path / "s.png",
+    )  # fmt: skip
+    return res, load_generator(tmp_path / "gen")
 
 
 def _steps(cfg_dict, n, data=None):
@@ -343,7 +356,7 @@ def test_linear_output_is_the_same_network_without_its_tanh(tmp_path):
     output leaves [-1, 1], the exported generator samples within [0, 1] and remembers it."""
     from flax import nnx
 
-    from bioaug.gan import load_generator, sample_tiles
+    from bioaug.gan import sample_tiles
     from bioaug.gan.networks import build_networks
 
     key = jax.random.key(0)
@@ -358,14 +371,8 @@ def test_linear_output_is_the_same_network_without_its_tanh(tmp_path):
     g_lin.out.bias[...] = jnp.full_like(g_lin.out.bias[...], 3.0)
     assert float(g_lin(z, y, train=False).max()) > 1.0
     assert nnx.graphdef(g_lin) != nnx.graphdef(g_tanh)
-    tiles, labels = _data()
-    res = train_gan(
-        tiles, labels, ["a", "b", "c"], gan_section(**{**TINY, "steps": 4, "g_output": "linear"}),
-        checkpoint_root=tmp_path / "ck", generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
-        samples_png=tmp_path / "s.png",
-    )  # fmt: skip
+    res, gen = train_tiny_gan(tmp_path, steps=4, g_output="linear")
     assert res["steps_done"] == 4 and np.isfinite(res["g_loss"])
-    gen = load_generator(tmp_path / "gen")
     assert gen.meta["g_output"] == "linear"
     x = sample_tiles(gen, 0, np.arange(64))
     assert x.min() >= 0.0 and x.max() <= 1.0 and x.std() > 0
@@ -376,7 +383,7 @@ def test_tanh_scale_stretches_the_output_and_samples_stay_in_the_data_range(tmp_
     pass the data's -1 and 1; the exported generator remembers s and samples within [0, 1]."""
     from flax import nnx
 
-    from bioaug.gan import load_generator, sample_tiles
+    from bioaug.gan import sample_tiles
     from bioaug.gan.networks import build_networks
 
     key = jax.random.key(0)
@@ -386,14 +393,8 @@ def test_tanh_scale_stretches_the_output_and_samples_stay_in_the_data_range(tmp_
     np.testing.assert_allclose(g_wide(z, y, train=False), 1.25 * g_one(z, y, train=False), rtol=1e-6, atol=1e-6)
     g_wide.out.bias[...] = jnp.full_like(g_wide.out.bias[...], 3.0)  # pushed to the top: past 1
     assert 1.0 < float(g_wide(z, y, train=False).max()) < 1.25
-    tiles, labels = _data()
-    res = train_gan(
-        tiles, labels, ["a", "b", "c"], gan_section(**{**TINY, "steps": 2, "tanh_scale": 1.25}),
-        checkpoint_root=tmp_path / "ck", generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
-        samples_png=tmp_path / "s.png",
-    )  # fmt: skip
+    res, gen = train_tiny_gan(tmp_path, steps=2, tanh_scale=1.25)
     assert res["steps_done"] == 2 and np.isfinite(res["g_loss"])
-    gen = load_generator(tmp_path / "gen")
     assert gen.meta["tanh_scale"] == 1.25
     assert nnx.merge(gen.graphdef, gen.params, gen.batch_stats).tanh_scale == 1.25
     x = sample_tiles(gen, 0, np.arange(64))
@@ -407,7 +408,7 @@ def test_noise_inputs_start_silent_are_per_pixel_and_a_function_of_z(tmp_path):
     training moves the strengths, and the exported generator samples with them."""
     from flax import nnx
 
-    from bioaug.gan import load_generator, sample_tiles
+    from bioaug.gan import sample_tiles
     from bioaug.gan.networks import build_networks
 
     key = jax.random.key(0)
@@ -433,15 +434,8 @@ def test_noise_inputs_start_silent_are_per_pixel_and_a_function_of_z(tmp_path):
     n_plain = sum(p.size for p in jax.tree.leaves(nnx.state(g_plain, nnx.Param)))
     n_noise = sum(p.size for p in jax.tree.leaves(nnx.state(g_noise, nnx.Param)))
     assert n_noise - n_plain == sum(TINY["g_channels"]) + 2
-    tiles, labels = _data()
-    tiles = np.concatenate([tiles, tiles], axis=-1)
-    res = train_gan(
-        tiles, labels, ["a", "b", "c"], gan_section(**{**TINY, "steps": 4, "noise_inputs": True}),
-        checkpoint_root=tmp_path / "ck", generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
-        samples_png=tmp_path / "s.png",
-    )  # fmt: skip
+    res, gen = train_tiny_gan(tmp_path, steps=4, channels=2, noise_inputs=True)
     assert res["steps_done"] == 4 and np.isfinite(res["g_loss"])
-    gen = load_generator(tmp_path / "gen")
     assert gen.meta["noise_inputs"] is True
     strengths = np.asarray(gen.params["out_noise_strength"])
     assert strengths.shape == (2,) and np.abs(strengths).max() > 0  # trained away from zero
@@ -660,14 +654,8 @@ def test_edge_padding_draws_no_frame_and_is_exported(tmp_path):
     with pytest.raises(ValueError, match="padding"):
         build_networks(gan_config(16, 1, 3, **TINY, g_padding="reflect"), key)
 
-    tiles, labels = _data()
-    res = train_gan(
-        tiles, labels, ["a", "b", "c"], gan_section(**{**TINY, "steps": 2, "g_padding": "edge"}),
-        checkpoint_root=tmp_path / "ck", generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
-        samples_png=tmp_path / "s.png",
-    )  # fmt: skip
+    res, gen = train_tiny_gan(tmp_path, steps=2, g_padding="edge")
     assert res["steps_done"] == 2
-    gen = load_generator(tmp_path / "gen")
     assert gen.meta["g_padding"] == "edge" and nnx.merge(gen.graphdef, gen.params, gen.batch_stats).padding == "edge"
     assert gen.meta["noise_variance"] is None  # gan.pixel_noise: none
     edge_tiles = sample_tiles(gen, 0, np.arange(8))
