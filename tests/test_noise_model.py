@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from scipy.ndimage import gaussian_filter
 
 from bioaug.gan import load_generator, sample_tiles, train_gan
@@ -134,20 +135,22 @@ def test_generator_draws_the_fitted_noise():
 def test_train_gan_fits_the_noise_and_exports_it(tmp_path):
     """pixel_noise: fitted: train_gan fits (a, b) on the real tiles, trains and exports G with
     them (generator.json), and the loaded generator draws noisy tiles reproducibly; without
-    the entry (a generator exported before the option) it draws no noise. (`none` exports
-    null: test_gan_features' edge-padding test.)"""
+    the entry (a generator exported before the option) it draws no noise. The same run has
+    g_padding: edge, exported and loaded back likewise (zeros without the entry). (`none`
+    exports null: test_gan_features' linear-output test.)"""
     rng = np.random.default_rng(0)
     clean = np.stack([gaussian_filter(rng.random((16, 16, 1)), (2, 2, 0)) for _ in range(60)]).astype(np.float32)
     tiles = add_noise(clean, (4e-3,), (1e-4,))
     labels = np.arange(60) % 3
     kw = dict(checkpoint_root=tmp_path / "ck", log_csv=tmp_path / "log.csv", samples_png=tmp_path / "s.png")
-    train_gan(tiles, labels, ["a", "b", "c"], gan_section(**TINY, steps=2, pixel_noise="fitted"),
+    train_gan(tiles, labels, ["a", "b", "c"], gan_section(**TINY, steps=2, pixel_noise="fitted", g_padding="edge"),
               generator_dir=tmp_path / "gen", **kw)  # fmt: skip
     meta = json.loads((tmp_path / "gen" / "generator.json").read_text())
     a, b = fit_noise_model(tiles)
     assert meta["noise_variance"] == {"a": list(a), "b": list(b)} and a[0] > 0
-    assert meta["gan_config"]["pixel_noise"] == "fitted"
+    assert meta["gan_config"]["pixel_noise"] == "fitted" and meta["g_padding"] == "edge"
     gen = load_generator(tmp_path / "gen")
+    assert nnx.merge(gen.graphdef, gen.params, gen.batch_stats).padding == "edge"
     x = sample_tiles(gen, 1, np.arange(16))
     np.testing.assert_array_equal(x, sample_tiles(gen, 1, np.arange(16)))
     # the same weights without the noise: what remains of x is noise of the fitted size
@@ -161,3 +164,8 @@ def test_train_gan_fits_the_noise_and_exports_it(tmp_path):
     del meta["noise_variance"]  # as written before the option existed
     (tmp_path / "gen" / "generator.json").write_text(json.dumps(meta))
     np.testing.assert_array_equal(sample_tiles(load_generator(tmp_path / "gen"), 1, np.arange(16)), quiet)
+    del meta["g_padding"]  # neither option existed yet
+    (tmp_path / "gen" / "generator.json").write_text(json.dumps(meta))
+    old = load_generator(tmp_path / "gen")
+    assert nnx.merge(old.graphdef, old.params, old.batch_stats).padding == "zeros"
+    assert not np.allclose(sample_tiles(old, 1, np.arange(16)), quiet)  # the same weights, padded otherwise
