@@ -67,6 +67,13 @@ def same_class_pair_distance(tiles, labels: np.ndarray, seed: int, pairs_per_cla
     return float(np.mean(per_class)) if per_class else 0.0
 
 
+def evenly_spaced_rows(source, max_rows: int) -> np.ndarray:
+    """At most `max_rows` rows of a tile source (`len`, `.gather`), evenly spaced from the
+    first to the last, read with its gather (a large source is read only in part)."""
+    n = len(source)
+    return source.gather(np.unique(np.linspace(0, n - 1, min(n, max_rows)).round().astype(np.int64)))
+
+
 def gather_batch(tiles, labels: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The (x, y) batch for `idx` from an array (in memory or memory-mapped) or a tile source."""
     x = tiles.gather(idx) if hasattr(tiles, "gather") else _gather_rows(tiles, idx)

@@ -29,6 +29,8 @@ import numpy as np
 from scipy.ndimage import convolve, uniform_filter
 from scipy.optimize import nnls
 
+from .input_pipeline import evenly_spaced_rows
+
 MAX_TILES = 2048  # real tiles the fit reads at most (evenly spaced over the training set)
 N_BINS = 16  # intensity bins (quantiles of the local mean)
 FLAT_SHARE = 0.25  # of each bin, the flattest pixels (least local variation) count
@@ -57,11 +59,8 @@ def _fit_channel(img: np.ndarray) -> tuple[float, float]:
     inner = (slice(None), slice(2, -2), slice(2, -2))  # away from the tile's edge (filters pad there)
     residual = convolve(img, _RESIDUAL[None], mode="reflect")[inner]
     mean = uniform_filter(img, (1, 3, 3), mode="reflect")
-    # structure: how much the (denoised) image varies around the pixel, over 5x5
-    smooth = uniform_filter(img, (1, 3, 3), mode="reflect")
-    spread = (
-        uniform_filter(smooth**2, (1, 5, 5), mode="reflect") - uniform_filter(smooth, (1, 5, 5), mode="reflect") ** 2
-    )
+    # structure: how much the local mean (the image, denoised) varies around the pixel, over 5x5
+    spread = uniform_filter(mean**2, (1, 5, 5), mode="reflect") - uniform_filter(mean, (1, 5, 5), mode="reflect") ** 2
     slope = np.sqrt(np.maximum(spread, 0.0))[inner]
     clipped = uniform_filter(((img <= 0) | (img >= 1)).astype(np.float32), (1, 3, 3), mode="reflect")[inner] > 0
     keep = ~clipped
@@ -90,8 +89,5 @@ def _fit_channel(img: np.ndarray) -> tuple[float, float]:
 
 
 def fit_from_source(source, max_tiles: int = MAX_TILES) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """`fit_noise_model` on at most `max_tiles` rows of a tile source (`.gather`, `len`),
-    evenly spaced, so a large training set is read only in part."""
-    n = len(source)
-    idx = np.unique(np.linspace(0, n - 1, min(n, max_tiles)).round().astype(np.int64))
-    return fit_noise_model(source.gather(idx))
+    """`fit_noise_model` on at most `max_tiles` rows of a tile source, evenly spaced."""
+    return fit_noise_model(evenly_spaced_rows(source, max_tiles))

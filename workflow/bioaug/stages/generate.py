@@ -26,6 +26,7 @@ from ..balance_policy import class_targets
 from ..formats import synthetic
 from ..formats.items import class_names, label_of, read_items
 from ..formats.shards import read_norm_table, select_tiles
+from ..gan.input_pipeline import ShardedTiles, evenly_spaced_rows
 from ..runtime import BioaugError
 
 log = logging.getLogger("bioaug.generate")
@@ -83,16 +84,7 @@ def class_train_tiles(shard_npys, items: pd.DataFrame, label: str, max_tiles: in
     """The class's real train tiles, or `max_tiles` of them evenly spaced in shard order (only
     those rows are read from the memory-mapped shards)."""
     parts, _, _ = select_tiles(shard_npys, items[items["label"] == label], splits=("train",))
-    sizes = [len(idx) for _, idx in parts]
-    n = sum(sizes)
-    keep = np.unique(np.linspace(0, n - 1, min(n, max_tiles)).round().astype(int))
-    out, start = [], 0
-    for (arr, idx), size in zip(parts, sizes):
-        mine = keep[(keep >= start) & (keep < start + size)] - start
-        if len(mine):
-            out.append(np.asarray(arr[idx[mine]]))
-        start += size
-    return np.concatenate(out)
+    return evenly_spaced_rows(ShardedTiles(parts), max_tiles)
 
 
 def histogram_match_applies(setting, shard_npys) -> bool:
