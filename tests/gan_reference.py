@@ -42,6 +42,7 @@ REFERENCE_GAN: dict = {
     "r1_interval": 16,
     "lecam_weight": 0.0,
     "mode_seeking_weight": 0.0,
+    "feature_discriminator": False,
     "conditional_transition": None,
     "compute_dtype": "float32",
 }

@@ -132,6 +132,9 @@ def test_dataset_overrides_stay_sparse():
         (lambda c: c["gan"].update(pixel_noise=True), "gan.pixel_noise"),  # YAML's yes: not a mode
         (lambda c: c["gan"].update(pixel_noise="poisson"), "gan.pixel_noise"),
         (lambda c: c["gan"].update(noise_variance=[[0.1], [0.1]]), "noise_variance"),  # fitted, not set
+        (lambda c: c["gan"].update(feature_dim=128), "feature_dim"),  # the feature classifier's, not set
+        (lambda c: c["gan"].update(feature_discriminator="yes"), "gan.feature_discriminator"),
+        (lambda c: c["gan"].update(feature_discriminator=1), "gan.feature_discriminator"),
         (lambda c: c["gan"].update(conditional_transition=[-5, 10]), "gan.conditional_transition"),
         (lambda c: c["gan"].update(conditional_transition=[5.5, 10]), "gan.conditional_transition"),
         (lambda c: c["gan"].update(conditional_transition="500-1500"), "gan.conditional_transition"),

@@ -7,7 +7,10 @@ tile sources and the background batch loader.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
+import logging
 import os
 import shutil
 import subprocess
@@ -20,12 +23,13 @@ import numpy as np
 import pytest
 
 from bioaug.gan import devices as D
-from bioaug.gan import load_generator, train_gan
+from bioaug.gan import load_generator, sample_tiles, train_gan
 from bioaug.gan import state as ST
 from bioaug.gan import step as S
 from bioaug.gan.augment import diff_augment, random_dihedral
 from bioaug.gan.input_pipeline import ArrayTiles, BatchLoader, ShardedTiles, class_balanced_indices, gather_batch
 from bioaug.gan.ops import conv2d, upsample2x, upsample_conv3x3
+from bioaug.gan.train import _with_feature_net
 from gan_reference import gan_config, gan_section
 
 TINY = dict(batch_size=8, z_dim=16, g_channels=[16, 8], d_channels=[8, 16], seed=3, log_every=2, checkpoint_every=4)
@@ -37,7 +41,7 @@ def _data(n=30, seed=0):
     return rng.random((n, 16, 16, 1), dtype=np.float32), labels
 
 
-def train_tiny_gan(tmp_path, steps: int, channels: int = 1, **overrides):
+def train_tiny_gan(tmp_path, steps: int, channels: int = 1, feature_net=None, **overrides):
     """train_gan on `_data()` (its channel repeated to `channels`) with TINY and `overrides`;
     (the result, the exported generator loaded back)."""
     tiles, labels = _data()
@@ -45,19 +49,21 @@ def train_tiny_gan(tmp_path, steps: int, channels: int = 1, **overrides):
     res = train_gan(
         tiles, labels, ["a", "b", "c"], gan_section(**{**TINY, "steps": steps, **overrides}),
         checkpoint_root=tmp_path / "ck", generator_dir=tmp_path / "gen", log_csv=tmp_path / "log.csv",
-        samples_png=tmp_path / "s.png",
+        samples_png=tmp_path / "s.png", feature_net=feature_net,
     )  # fmt: skip
     return res, load_generator(tmp_path / "gen")
 
 
-def _steps(cfg_dict, n, data=None):
+def _steps(cfg_dict, n, data=None, feature_net=None):
     """Run n train steps directly; return the state and the per-step metric rows."""
     tiles, labels = data or _data()
     cfg = gan_config(16, 1, 3, **{**TINY, **cfg_dict})
+    if feature_net is not None:  # feature_dim from the network, as train_gan sets it
+        cfg = _with_feature_net(cfg, feature_net, ["a", "b", "c"], "", logging.getLogger())[0]
     mesh = D.make_mesh()
     rep, bat = D.shardings(mesh)
     _, _, state = ST.init_train_state(cfg, mesh)
-    step = S.cached_train_step(cfg, (0, 1, 2), mesh)
+    step = S.cached_train_step(cfg, (0, 1, 2), mesh, feature_net)
     hyper = jax.device_put(S.step_hyperparams(cfg), rep)
     rows = []
     for idx in itertools.islice(class_balanced_indices(labels, cfg.batch_size, cfg.seed), n):
@@ -279,29 +285,44 @@ def test_class_batchnorm_is_batchnorm_until_its_class_table_moves():
     assert jax.tree.structure(nnx.state(flat, nnx.Param)) == jax.tree.structure(nnx.state(plain, nnx.Param))
 
 
-def test_conditional_bn_and_mode_seeking_train_and_sample(tmp_path):
-    from bioaug.gan import load_generator, sample_tiles
+@pytest.fixture(scope="module")
+def feature_nets():
+    """Feature networks of `_data()`'s classes: two of 1 channel (init seeds 0 and 1) and one of
+    2. Untrained: the feature head works on any frozen network, and training one costs a compile."""
+    from flax import nnx
 
-    tiles, labels = _data()
-    cfg = {**TINY, "steps": 4, "conditional_bn": True, "mode_seeking_weight": 1.0}
-    res = train_gan(
-        tiles,
-        labels,
-        ["a", "b", "c"],
-        gan_section(**cfg),
-        checkpoint_root=tmp_path / "ck",
-        generator_dir=tmp_path / "gen",
-        log_csv=tmp_path / "log.csv",
-        samples_png=tmp_path / "s.png",
-    )
+    from bioaug.classifier.train import TrainedClassifier, _init_model
+
+    def net(channels, seed):
+        model = _init_model(channels, 3, ("small_cnn", (8, 16)), "float32", jax.random.key(seed))
+        model.eval()
+        graphdef, state = nnx.split(model)
+        return TrainedClassifier(graphdef=graphdef, state=state, class_names=["a", "b", "c"], best_epoch=0)
+
+    return net(1, 0), net(1, 1), net(2, 0)
+
+
+OPTIONS_RUN = {"conditional_bn": True, "mode_seeking_weight": 1.0, "feature_discriminator": True}
+
+
+@pytest.fixture(scope="module")
+def options_run(tmp_path_factory, feature_nets):
+    """One 4-step train_gan with conditional BN, the mode-seeking term and the feature
+    discriminator (on feature_nets[0]): (result, exported generator, the run's GanConfig)."""
+    res, gen = train_tiny_gan(tmp_path_factory.mktemp("options"), 4, feature_net=feature_nets[0], **OPTIONS_RUN)
+    cfg = dataclasses.replace(gan_config(16, 1, 3, **TINY, **{**OPTIONS_RUN, "steps": 4}), feature_dim=16)
+    return res, gen, cfg
+
+
+def test_conditional_bn_and_mode_seeking_train_and_sample(options_run):
+    res, gen, cfg = options_run
     assert res["steps_done"] == 4 and np.isfinite(res["g_loss"])
-    gen = load_generator(tmp_path / "gen")
     assert gen.meta["conditional_bn"] is True
     a, b = sample_tiles(gen, 0, np.arange(6)), sample_tiles(gen, 1, np.arange(6))
     np.testing.assert_array_equal(a, sample_tiles(gen, 0, np.arange(6)))  # deterministic
     assert a.shape == (6, 16, 16, 1) and not np.array_equal(a, b)
     # the per-class tables were trained (they start at zero)
-    _, state = ST.load_checkpoint(res["checkpoint_dir"], gan_config(16, 1, 3, **cfg))
+    _, state = ST.load_checkpoint(res["checkpoint_dir"], cfg)
     assert float(np.abs(np.asarray(state["g"]["params"]["bn0"]["class_affine"]["embedding"])).max()) > 0
     # the mode-seeking term (>= 0) is part of G's logged loss
     _, _, plain = _steps({"conditional_bn": True}, 1)
@@ -647,3 +668,63 @@ def test_edge_padding_draws_no_frame():
     assert spread["edge"] < 1e-6 < 1e-3 < spread["zeros"], spread
     with pytest.raises(ValueError, match="padding"):
         build_networks(gan_config(16, 1, 3, **TINY, g_padding="reflect"), key)
+
+
+# ----------------------------------------------------------------------------- feature discriminator
+def test_feature_discriminator_trains_a_second_head_whose_gradient_reaches_g(options_run, feature_nets):
+    """gan.feature_discriminator: D gets a head on the frozen feature classifier's features;
+    it trains, G's gradient flows through the frozen network, and the run's identity
+    includes the network."""
+    from flax import nnx
+
+    from bioaug.gan.networks import graphdefs
+
+    # through train_gan (options_run): feature_dim comes from the network; the head trains
+    # (its output bias has no hinge gradient while the logits are inside the margin: the
+    # weights' gradients are checked); the export samples as usual
+    res, gen, cfg = options_run
+    assert np.isfinite(res["d_loss"]) and np.isfinite(res["g_loss"])
+    meta = json.loads((Path(res["checkpoint_dir"]) / ST.RUN_META).read_text())
+    assert meta["config"]["feature_discriminator"] is True and meta["config"]["feature_dim"] == 16
+    _, state = ST.load_checkpoint(res["checkpoint_dir"], cfg)
+    head_grads = state["opt_d"][0].mu["feature_head"]  # Adam's moving mean of the head's gradients
+    for layer in ("fc1", "fc2", "lin"):
+        assert np.abs(np.asarray(head_grads[layer]["kernel"])).max() > 0, layer
+    assert sample_tiles(gen, 0, np.arange(3)).shape == (3, 16, 16, 1)
+
+    # the trained D: (pixel head, feature head) logits; G's gradient reaches the image through
+    # the frozen network (the step's features_of); no features, no logits
+    d = nnx.merge(graphdefs(cfg)[1], state["d"]["params"], state["d"]["sn"])
+    features_of = S.frozen_features(feature_nets[0])
+    x, y = jax.random.uniform(jax.random.key(1), (4, 16, 16, 1), minval=-1.0, maxval=1.0), jnp.arange(4) % 3
+    logits, grad = jax.jit(
+        lambda x: (
+            d(x, y, update_sn=False, features=features_of(x)),
+            jax.grad(lambda x: d(x, y, update_sn=False, features=features_of(x))[:, 1].sum())(x),
+        )  # fmt: skip
+    )(x)
+    assert logits.shape == (4, 2) and np.isfinite(np.asarray(grad)).all() and float(jnp.abs(grad).max()) > 0
+    with pytest.raises(ValueError, match="features"):
+        jax.eval_shape(lambda x: d(x, y, update_sn=False), x)
+
+    # another feature network: another run (its checkpoints are not resumed)
+    keys = [_with_feature_net(cfg, n, ["a", "b", "c"], "items", logging.getLogger())[1] for n in feature_nets[:2]]
+    assert keys[0] != keys[1] and all(k.startswith("items\nfeature_net:") for k in keys)
+
+
+def test_feature_discriminator_needs_a_matching_feature_classifier(tmp_path, feature_nets):
+    from bioaug.runtime import BioaugError
+
+    tiles, labels = _data()
+    section = gan_section(**TINY, steps=2, feature_discriminator=True)
+    run = lambda names, net: train_gan(  # noqa: E731
+        tiles, labels, names, section, checkpoint_root=tmp_path / "ck", generator_dir=tmp_path / "gen",
+        log_csv=tmp_path / "log.csv", samples_png=tmp_path / "s.png", feature_net=net,
+    )  # fmt: skip
+    with pytest.raises(BioaugError, match="feature_discriminator.*no feature classifier"):
+        run(["a", "b", "c"], None)
+    with pytest.raises(BioaugError, match=r"classes \['a', 'b', 'c'\].*\['a', 'b', 'x'\]"):
+        run(["a", "b", "x"], feature_nets[0])
+    with pytest.raises(BioaugError, match="takes 2 channel"):
+        run(["a", "b", "c"], feature_nets[2])
+    assert not (tmp_path / "ck").exists()  # refused before any checkpoint

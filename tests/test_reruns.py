@@ -36,6 +36,11 @@ CASES = {
     "gan.steps": (lambda c: c["gan"].update(steps=60), GAN),
     "gan.log_every": (lambda c: c["gan"].update(log_every=20), GAN),
     "gan.lr_d": (lambda c: c["gan"].update(lr_d=0.0003), GAN),
+    "gan.feature_discriminator": (lambda c: c["gan"].update(feature_discriminator=True), GAN),
+    "feature_classifier.epochs under gan.feature_discriminator (the GAN reads it)": (
+        lambda c: (c["gan"].update(feature_discriminator=True), c["feature_classifier"].update(epochs=3)),
+        {"feature_classifier": 1, **GAN},
+    ),
     "generate.seed": (lambda c: c["generate"].update(seed=1), AFTER_GENERATE),
     "generate.max_draws_factor without selective synthesis": (lambda c: c["generate"].update(max_draws_factor=8), {}),
     "generate.min_confidence": (lambda c: c["generate"].update(min_confidence=0.3), AFTER_GENERATE),

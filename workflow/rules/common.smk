@@ -154,6 +154,20 @@ def synthetic_files(suffix, fold=None):
     return files
 
 
+def train_gan_inputs(wildcards):
+    """The train split's tiles; the feature classifier too with gan.feature_discriminator
+    (its features are what D's second head judges)."""
+    fold = f"results/{wildcards.dataset}/fold-{wildcards.fold}"
+    inputs = {
+        "items_csv": f"{fold}/items.csv",
+        "shards": shard_npys(wildcards),
+        "shard_tables": shard_tables(wildcards),
+    }
+    if dataset_section(config, wildcards.dataset, "gan")["feature_discriminator"]:
+        inputs["feature_classifier"] = f"{fold}/feature_classifier"
+    return inputs
+
+
 def generate_inputs(wildcards):
     """The generator; the feature classifier (the filter) when selective synthesis is on; the
     tile shards unless the histogram match is off (it reads the class's real train tiles, and

@@ -3,9 +3,7 @@
 
 rule train_gan:
     input:
-        items_csv="results/{dataset}/fold-{fold}/items.csv",
-        shards=shard_npys,
-        shard_tables=shard_tables,
+        unpack(train_gan_inputs),
     output:
         generator=directory("results/{dataset}/fold-{fold}/gan/generator"),
         log_csv="results/{dataset}/fold-{fold}/gan/train_log.csv",

@@ -13,4 +13,5 @@ with stage(snakemake, uses_jax=True, distributed=True):
         log_csv=snakemake.output.log_csv,
         samples_png=snakemake.output.samples,
         training_tiles_csv=snakemake.output.training_tiles,
+        feature_classifier=snakemake.input.get("feature_classifier"),
     )

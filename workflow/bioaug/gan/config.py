@@ -14,7 +14,7 @@ from typing import Any
 
 ADA_MAX_KIMG = 500.0  # StyleGAN2-ADA: p can go 0 -> 1 in 500k real images
 ADA_AUTO_FRACTION = 0.1  # ... or, for shorter runs, in a tenth of the run's images
-DATA_FIELDS = ("tile_size", "channels", "n_classes", "noise_variance")
+DATA_FIELDS = ("tile_size", "channels", "n_classes", "noise_variance", "feature_dim")
 
 # Numbers written either way in YAML (50 or 50.0): one type, so that equal settings give
 # equal configs, run identities and exported metadata.
@@ -73,12 +73,16 @@ class GanConfig:
     lecam_weight: float  # LeCam regulariser weight; 0 = off
     # Regulariser of G.
     mode_seeking_weight: float  # MSGAN diversity term: pairs of z, same class; 0 = off
+    # A second D head on the real-trained feature classifier's features (networks.FeatureHead).
+    feature_discriminator: bool
     # Unconditional-to-conditional training (steps [start, end]; None: conditional throughout).
     conditional_transition: tuple[int, int] | None
     compute_dtype: str  # matmul/conv operands: float32 | bfloat16
     # From the data, with pixel_noise fitted: ((a per channel), (b per channel)) of the noise
     # variance a * I + b that G adds to its output (noise_model.fit_noise_model).
     noise_variance: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # From the data, with feature_discriminator: the width of the feature classifier's features.
+    feature_dim: int = 0
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -90,10 +90,11 @@ def d_objective(
 
     Returns (loss, (sn', D(real), D(fake), lecam_avg')): the LeCam moving averages move
     towards this batch's mean logits; with `lecam_weight` the regulariser against the
-    updated averages is added.
+    updated averages is added. D(real) and D(fake) are (b, heads): a D with a feature head
+    gives two logits per image, and the losses are means over both heads.
     """
     logits, new_sn = run_d(d_params, sn, x, y)
-    pairs = logits.reshape(-1, 2)
+    pairs = logits.reshape(logits.shape[0] // 2, 2, -1)
     lr, lf = pairs[:, 0], pairs[:, 1]
     loss = d_loss(kind, lr, lf)
     means = jax.lax.stop_gradient(jnp.stack([jnp.mean(lr), jnp.mean(lf)]))

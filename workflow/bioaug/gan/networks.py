@@ -321,6 +321,29 @@ class DownBlock(nnx.Module):
         return jax.nn.leaky_relu(self.conv2(x, update_sn), 0.1)
 
 
+class FeatureHead(nnx.Module):
+    """The feature discriminator's head (`gan.feature_discriminator`): a projection
+    discriminator on a frozen network's features of the image, not on its pixels.
+
+    features (N, F) -> [Linear(F, W), LReLU 0.2] x 2 -> Linear(1)(h) + cond * <Embed(y), h>,
+    spectral norm as D's. The features are those of the real-trained feature classifier (the
+    projected-GAN idea, Sauer et al. 2021: a D on a fixed network's features converges in
+    far fewer steps; here the network knows the classes, so the projection asks G's tiles to
+    carry their class in the features that tell the classes apart).
+    """
+
+    def __init__(self, feature_dim: int, n_classes: int, spectral_norm: bool, *, rngs: nnx.Rngs, width: int = 256):
+        self.fc1 = SNLinear(feature_dim, width, spectral_norm=spectral_norm, rngs=rngs)
+        self.fc2 = SNLinear(width, width, spectral_norm=spectral_norm, rngs=rngs)
+        self.lin = SNLinear(width, 1, spectral_norm=spectral_norm, rngs=rngs)
+        self.embed = SNEmbed(n_classes, width, spectral_norm=spectral_norm, rngs=rngs)
+
+    def __call__(self, f: jax.Array, y: jax.Array, update_sn: bool, cond: jax.Array | float = 1.0) -> jax.Array:
+        h = jax.nn.leaky_relu(self.fc1(f.astype(jnp.float32), update_sn), 0.2)
+        h = jax.nn.leaky_relu(self.fc2(h, update_sn), 0.2)
+        return self.lin(h, update_sn)[:, 0] + cond * jnp.sum(self.embed(y, update_sn) * h, axis=-1)
+
+
 class Discriminator(nnx.Module):
     """Projection discriminator: (image in [-1, 1], y) -> one logit per image.
 
@@ -328,6 +351,10 @@ class Discriminator(nnx.Module):
     pool -> Linear(1)(h) + cond * <Embed(y), h>. Spectral norm on every conv, the linear and the
     embedding when enabled; `update_sn=True` (training) runs one power iteration per layer.
     `cond` 0 makes D unconditional (the start of a conditional transition), 1 the projection D.
+
+    With `feature_dim` > 0, a second head (`FeatureHead`) judges `features` (N, feature_dim),
+    a frozen network's features of the same images, and D returns (N, 2) logits: pixel head,
+    feature head. Each head is its own discriminator; the objectives average their losses.
     """
 
     def __init__(
@@ -339,6 +366,7 @@ class Discriminator(nnx.Module):
         *,
         rngs: nnx.Rngs,
         dtype=None,
+        feature_dim: int = 0,
     ):
         blocks, cin = [], in_channels
         for c in d_channels:
@@ -347,15 +375,29 @@ class Discriminator(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.lin = SNLinear(cin, 1, spectral_norm=spectral_norm, rngs=rngs)
         self.embed = SNEmbed(n_classes, cin, spectral_norm=spectral_norm, rngs=rngs)
+        self.feature_head = (
+            FeatureHead(int(feature_dim), n_classes, spectral_norm, rngs=rngs) if feature_dim > 0 else None
+        )
 
     def __call__(
-        self, x: jax.Array, y: jax.Array, *, update_sn: bool = True, cond: jax.Array | float = 1.0
+        self,
+        x: jax.Array,
+        y: jax.Array,
+        *,
+        update_sn: bool = True,
+        cond: jax.Array | float = 1.0,
+        features: jax.Array | None = None,
     ) -> jax.Array:
         h = x
         for block in self.blocks:
             h = block(h, update_sn)
         h = jnp.sum(h.astype(jnp.float32), axis=(1, 2))
-        return self.lin(h, update_sn)[:, 0] + cond * jnp.sum(self.embed(y, update_sn) * h, axis=-1)
+        logits = self.lin(h, update_sn)[:, 0] + cond * jnp.sum(self.embed(y, update_sn) * h, axis=-1)
+        if self.feature_head is None:
+            return logits
+        if features is None:
+            raise ValueError("this discriminator has a feature head: pass the images' features")
+        return jnp.stack([logits, self.feature_head(features, y, update_sn, cond)], axis=-1)
 
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -381,7 +423,13 @@ def build_networks(cfg: GanConfig, key: jax.Array) -> tuple[Generator, Discrimin
         noise_variance=cfg.noise_variance,
     )
     d = Discriminator(
-        cfg.channels, cfg.n_classes, cfg.d_channels, cfg.spectral_norm, rngs=nnx.Rngs(params=kd), dtype=dtype
+        cfg.channels,
+        cfg.n_classes,
+        cfg.d_channels,
+        cfg.spectral_norm,
+        rngs=nnx.Rngs(params=kd),
+        dtype=dtype,
+        feature_dim=cfg.feature_dim if cfg.feature_discriminator else 0,
     )
     return g, d
 

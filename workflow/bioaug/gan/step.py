@@ -82,8 +82,14 @@ def compile_key(cfg: GanConfig) -> GanConfig:
     )
 
 
-def cached_train_step(cfg: GanConfig, classes: tuple[int, ...], mesh: jax.sharding.Mesh | None = None):
-    """`make_train_step` for cfg, shared (not recompiled) by configs of one `compile_key`."""
+def cached_train_step(
+    cfg: GanConfig, classes: tuple[int, ...], mesh: jax.sharding.Mesh | None = None, feature_net=None
+):
+    """`make_train_step` for cfg, shared (not recompiled) by configs of one `compile_key`
+    (a step with a `feature_net` is built anew: its weights are constants of the program)."""
+    if feature_net is not None:
+        g_def, d_def = graphdefs(compile_key(cfg))
+        return make_train_step(compile_key(cfg), g_def, d_def, np.asarray(classes), mesh, feature_net)
     return _cached_train_step(compile_key(cfg), tuple(int(c) for c in classes), mesh)
 
 
@@ -133,9 +139,27 @@ def r1_due(cfg: GanConfig, step_no: int) -> bool:
     return cfg.r1_gamma > 0 and step_no % cfg.r1_interval == 0
 
 
-def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray, mesh: jax.sharding.Mesh | None = None):
+def frozen_features(feature_net):
+    """x (images in [-1, 1]) -> the features of (x + 1) / 2 by `feature_net` (a
+    `classifier.TrainedClassifier`, in eval mode): differentiable in x, so G's gradient flows
+    through it; its weights are constants, never trained here."""
+    graphdef, weights = feature_net.graphdef, feature_net.state
+
+    def features_of(x):
+        return nnx.merge(graphdef, weights, copy=True).features((x + 1.0) * 0.5)
+
+    return features_of
+
+
+def make_train_step(
+    cfg: GanConfig, g_def, d_def, classes: np.ndarray, mesh: jax.sharding.Mesh | None = None, feature_net=None
+):
     """The jitted step: (state, real x in [0, 1], real y, hyper, r1_now) -> state; `state` is
     donated.
+
+    With `cfg.feature_discriminator`, `feature_net` (a `classifier.TrainedClassifier`, the
+    real-trained feature classifier) is frozen into the program: D's feature head judges its
+    features of the images D sees (mapped back to [0, 1]), and G's gradient flows through it.
 
     `hyper` is `step_hyperparams(cfg)`. `r1_now` (a static bool, `r1_due(cfg, step)`) picks
     one of two compiled programs, the D update with or without the R1 penalty, on the host as
@@ -168,9 +192,14 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray, mesh: jax
         x = g(z, y, train=True, cond=cond)
         return x, nnx.to_pure_dict(nnx.state(g, nnx.BatchStat))
 
+    if cfg.feature_discriminator and feature_net is None:
+        raise ValueError("gan.feature_discriminator needs the feature classifier (feature_net)")
+    features_of = frozen_features(feature_net) if cfg.feature_discriminator else None
+
     def run_d(params, sn, x, y, cond):
         d = nnx.merge(d_def, params, sn) if sn else nnx.merge(d_def, params)
-        logits = d(x, y, update_sn=True, cond=cond)
+        features = features_of(x) if features_of is not None else None
+        logits = d(x, y, update_sn=True, cond=cond, features=features)
         return logits, (nnx.to_pure_dict(nnx.state(d, SpectralU)) if sn else sn)
 
     def draw(key, b, pairs=False):
@@ -253,7 +282,8 @@ def make_train_step(cfg: GanConfig, g_def, d_def, classes: np.ndarray, mesh: jax
 
         # ---- ADA: every ada_interval steps move p by ada_adjust towards E[sign(D(real))]
         # = ada_target (StyleGAN2-ADA's r_t heuristic).
-        acc = state["ada_acc"] + jnp.stack([jnp.sum(jnp.sign(lr)), jnp.float32(b)])
+        # (the pixel head's sign: augmentation is what keeps it from memorising the tiles)
+        acc = state["ada_acc"] + jnp.stack([jnp.sum(jnp.sign(lr[:, 0])), jnp.float32(b)])
         aug_p = p
         if ada:
             adjust_now = (step_no % h["ada_interval"].astype(jnp.int32)) == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -59,6 +60,7 @@ def train_gan(
     data_key: str = "",
     log: logging.Logger | None = None,
     devices=None,
+    feature_net=None,
 ) -> dict:
     """Train (or resume training) the GAN and export the EMA generator.
 
@@ -80,6 +82,10 @@ def train_gan(
     `log_csv`. Raises FloatingPointError if a loss became non-finite (the last finite
     checkpoint is kept). Returns steps_done, steps_per_s, d_loss, g_loss, seconds and
     checkpoint_dir (the run's folder, a str).
+
+    With `gan.feature_discriminator`, `feature_net` is the real-trained feature classifier
+    (`classifier.TrainedClassifier` of the same classes and channels) whose features D's
+    second head judges; its weights are part of the run's identity.
     """
     log = log or logging.getLogger("bioaug.gan")
     maybe_initialize_distributed(log)
@@ -92,6 +98,7 @@ def train_gan(
         log.info("pixel noise fitted to the real tiles, variance a * I + b per channel: a %s, b %s",
                  [f"{v:.3g}" for v in a], [f"{v:.3g}" for v in b])  # fmt: skip
     class_names = [str(c) for c in class_names]
+    cfg, data_key = _with_feature_net(cfg, feature_net, class_names, data_key, log)
     classes = np.unique(labels)
     missing = [class_names[i] for i in range(cfg.n_classes) if i not in set(classes.tolist())]
     if missing:
@@ -130,7 +137,9 @@ def train_gan(
         else:
             elapsed_offset = 0.0
 
-        step_fn = cached_train_step(cfg, tuple(int(c) for c in classes), mesh)
+        step_fn = cached_train_step(
+            cfg, tuple(int(c) for c in classes), mesh, feature_net if cfg.feature_discriminator else None
+        )
         cap = mode_seeking_target(tiles, labels, cfg.seed) if cfg.mode_seeking_weight > 0 else math.inf
         if math.isfinite(cap):
             log.info(
@@ -326,6 +335,32 @@ def _export(
     ]
     with atomic_path(samples_png) as tmp:
         save_class_grid(tmp, class_names, rows, title=f"EMA generator, step {step}")
+
+
+def _with_feature_net(cfg: GanConfig, feature_net, class_names: list[str], data_key: str, log):
+    """(cfg with feature_dim, data_key with the feature network's weights) for
+    gan.feature_discriminator; (cfg, data_key) unchanged without it."""
+    if not cfg.feature_discriminator:
+        return cfg, data_key
+    if feature_net is None:
+        raise BioaugError("gan.feature_discriminator is true but no feature classifier was given to train on")
+    if list(feature_net.class_names) != class_names:
+        raise BioaugError(
+            f"gan.feature_discriminator: the feature classifier knows classes {list(feature_net.class_names)}, "
+            f"the GAN's tiles have {class_names}"
+        )
+    if feature_net.to_module().in_channels != cfg.channels:
+        raise BioaugError(
+            f"gan.feature_discriminator: the feature classifier takes {feature_net.to_module().in_channels} "
+            f"channel(s), the GAN's tiles have {cfg.channels}"
+        )
+    width = int(feature_net.features(np.zeros((1, cfg.tile_size, cfg.tile_size, cfg.channels), np.float32)).shape[1])
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(feature_net.state):
+        if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # weights, not RNG keys
+            digest.update(np.asarray(leaf).tobytes())
+    log.info("feature discriminator on the feature classifier's %d features", width)
+    return dataclasses.replace(cfg, feature_dim=width), f"{data_key}\nfeature_net:{digest.hexdigest()}"
 
 
 def _validate_data(tiles, labels, class_names, cfg: GanConfig | dict):

@@ -8,6 +8,7 @@ outputs, so a failed, killed or preempted job resumes, and so does raising `gan.
 
 from __future__ import annotations
 
+from ..classifier import load_classifier
 from ..formats.items import class_names, read_items
 from ..gan import train_gan
 from ..gan.input_pipeline import sharded_tiles
@@ -17,9 +18,19 @@ PROVENANCE_COLUMNS = ["tile_id", "item_id", "label", "split"]
 
 
 def run(
-    items_csv, shard_npys, cfg: dict, *, checkpoint_root, generator_dir, log_csv, samples_png, training_tiles_csv
+    items_csv,
+    shard_npys,
+    cfg: dict,
+    *,
+    checkpoint_root,
+    generator_dir,
+    log_csv,
+    samples_png,
+    training_tiles_csv,
+    feature_classifier=None,
 ) -> dict:
-    """The train_gan stage; `cfg` is the validated `gan` section."""
+    """The train_gan stage; `cfg` is the validated `gan` section; `feature_classifier` the
+    feature classifier's folder (with gan.feature_discriminator)."""
     items = read_items(items_csv)
     x, y, rows = sharded_tiles(shard_npys, items, splits=("train",))
     with atomic_path(training_tiles_csv) as tmp:  # provenance: exactly what the GAN saw
@@ -34,4 +45,5 @@ def run(
         generator_dir=generator_dir,
         log_csv=log_csv,
         samples_png=samples_png,
+        feature_net=load_classifier(feature_classifier) if feature_classifier else None,
     )
