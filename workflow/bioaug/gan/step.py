@@ -7,7 +7,9 @@ config reduced to what changes the compiled code), `make_train_step` and its cac
 `cached_train_step`, and `r1_due` (whether a step is one of lazy R1's). The step draws
 the fakes, augments (DiffAugment, with ADA's probability p steered by sign(D(real))), wires
 the objectives of `losses`, updates the EMA generator and p, and accumulates the logged
-metrics in the state (the logged g_loss includes the mode-seeking term).
+metrics in the state (the logged g_loss includes the mode-seeking term). With
+gan.feature_discriminator, `frozen_features` puts the feature classifier into the program
+for D's second head.
 """
 
 from __future__ import annotations
