@@ -54,17 +54,16 @@ def train_tiny_gan(tmp_path, steps: int, channels: int = 1, feature_net=None, **
     return res, load_generator(tmp_path / "gen")
 
 
-def _steps(cfg_dict, n, data=None, feature_net=None):
-    """Run n train steps directly; return the state and the per-step metric rows."""
+def _steps(cfg_dict, n, data=None, hyper=None):
+    """Run n train steps directly; return the state and the per-step metric rows. `hyper`:
+    runtime hyperparameters to override (the same compiled step)."""
     tiles, labels = data or _data()
     cfg = gan_config(16, 1, 3, **{**TINY, **cfg_dict})
-    if feature_net is not None:  # feature_dim from the network, as train_gan sets it
-        cfg = _with_feature_net(cfg, feature_net, ["a", "b", "c"], "", logging.getLogger())[0]
     mesh = D.make_mesh()
     rep, bat = D.shardings(mesh)
     _, _, state = ST.init_train_state(cfg, mesh)
-    step = S.cached_train_step(cfg, (0, 1, 2), mesh, feature_net)
-    hyper = jax.device_put(S.step_hyperparams(cfg), rep)
+    step = S.cached_train_step(cfg, (0, 1, 2), mesh)
+    hyper = jax.device_put(S.step_hyperparams(dataclasses.replace(cfg, **(hyper or {}))), rep)
     rows = []
     for idx in itertools.islice(class_balanced_indices(labels, cfg.batch_size, cfg.seed), n):
         before = np.asarray(state["metrics"]).copy()
@@ -287,8 +286,9 @@ def test_class_batchnorm_is_batchnorm_until_its_class_table_moves():
 
 @pytest.fixture(scope="module")
 def feature_nets():
-    """Feature networks of `_data()`'s classes: two of 1 channel (init seeds 0 and 1) and one of
-    2. Untrained: the feature head works on any frozen network, and training one costs a compile."""
+    """Feature networks of `_data()`'s classes: two of 2 channels (init seeds 0 and 1, as
+    options_run's tiles) and one of 1. Untrained: the feature head works on any frozen network,
+    and training one costs a compile."""
     from flax import nnx
 
     from bioaug.classifier.train import TrainedClassifier, _init_model
@@ -299,18 +299,27 @@ def feature_nets():
         graphdef, state = nnx.split(model)
         return TrainedClassifier(graphdef=graphdef, state=state, class_names=["a", "b", "c"], best_epoch=0)
 
-    return net(1, 0), net(1, 1), net(2, 0)
+    return net(2, 0), net(2, 1), net(1, 0)
 
 
-OPTIONS_RUN = {"conditional_bn": True, "mode_seeking_weight": 1.0, "feature_discriminator": True}
+# Options that combine: one tiny training run serves the tests of all of them (a train_gan
+# costs a compile of its own; several of them, tens of seconds of the suite).
+OPTIONS_RUN = {
+    "conditional_bn": True,
+    "mode_seeking_weight": 1.0,
+    "feature_discriminator": True,
+    "noise_inputs": True,
+    "tanh_scale": 1.25,
+}
 
 
 @pytest.fixture(scope="module")
 def options_run(tmp_path_factory, feature_nets):
-    """One 4-step train_gan with conditional BN, the mode-seeking term and the feature
-    discriminator (on feature_nets[0]): (result, exported generator, the run's GanConfig)."""
-    res, gen = train_tiny_gan(tmp_path_factory.mktemp("options"), 4, feature_net=feature_nets[0], **OPTIONS_RUN)
-    cfg = dataclasses.replace(gan_config(16, 1, 3, **TINY, **{**OPTIONS_RUN, "steps": 4}), feature_dim=16)
+    """One 4-step train_gan on 2-channel tiles with every option of OPTIONS_RUN (the feature
+    discriminator on feature_nets[0]): (result, exported generator, the run's GanConfig)."""
+    path = tmp_path_factory.mktemp("options")
+    res, gen = train_tiny_gan(path, 4, channels=2, feature_net=feature_nets[0], **OPTIONS_RUN)
+    cfg = dataclasses.replace(gan_config(16, 2, 3, **TINY, **{**OPTIONS_RUN, "steps": 4}), feature_dim=16)
     return res, gen, cfg
 
 
@@ -320,12 +329,13 @@ def test_conditional_bn_and_mode_seeking_train_and_sample(options_run):
     assert gen.meta["conditional_bn"] is True
     a, b = sample_tiles(gen, 0, np.arange(6)), sample_tiles(gen, 1, np.arange(6))
     np.testing.assert_array_equal(a, sample_tiles(gen, 0, np.arange(6)))  # deterministic
-    assert a.shape == (6, 16, 16, 1) and not np.array_equal(a, b)
+    assert a.shape == (6, 16, 16, 2) and not np.array_equal(a, b)
     # the per-class tables were trained (they start at zero)
     _, state = ST.load_checkpoint(res["checkpoint_dir"], cfg)
     assert float(np.abs(np.asarray(state["g"]["params"]["bn0"]["class_affine"]["embedding"])).max()) > 0
     # the mode-seeking term (>= 0) is part of G's logged loss
-    _, _, plain = _steps({"conditional_bn": True}, 1)
+    # (its weight is a runtime hyperparameter: one compiled step, the weight 1 or 0)
+    _, _, plain = _steps({"conditional_bn": True, "mode_seeking_weight": 1.0}, 1, hyper={"mode_seeking_weight": 0.0})
     _, _, with_ms = _steps({"conditional_bn": True, "mode_seeking_weight": 1.0}, 1)
     assert with_ms[0, 1] > plain[0, 1]
 
@@ -399,7 +409,7 @@ def test_linear_output_is_the_same_network_without_its_tanh(tmp_path):
     assert x.min() >= 0.0 and x.max() <= 1.0 and x.std() > 0
 
 
-def test_tanh_scale_stretches_the_output_and_samples_stay_in_the_data_range(tmp_path):
+def test_tanh_scale_stretches_the_output_and_samples_stay_in_the_data_range(options_run):
     """gan.tanh_scale s: G's output is s * tanh (same parameters from the same key), so it can
     pass the data's -1 and 1; the exported generator remembers s and samples within [0, 1]."""
     from flax import nnx
@@ -414,15 +424,15 @@ def test_tanh_scale_stretches_the_output_and_samples_stay_in_the_data_range(tmp_
     np.testing.assert_allclose(g_wide(z, y, train=False), 1.25 * g_one(z, y, train=False), rtol=1e-6, atol=1e-6)
     g_wide.out.bias[...] = jnp.full_like(g_wide.out.bias[...], 3.0)  # pushed to the top: past 1
     assert 1.0 < float(g_wide(z, y, train=False).max()) < 1.25
-    res, gen = train_tiny_gan(tmp_path, steps=2, tanh_scale=1.25)
-    assert res["steps_done"] == 2 and np.isfinite(res["g_loss"])
+    res, gen, _ = options_run
+    assert res["steps_done"] == 4 and np.isfinite(res["g_loss"])
     assert gen.meta["tanh_scale"] == 1.25
     assert nnx.merge(gen.graphdef, gen.params, gen.batch_stats).tanh_scale == 1.25
     x = sample_tiles(gen, 0, np.arange(64))
     assert x.min() >= 0.0 and x.max() <= 1.0 and x.std() > 0
 
 
-def test_noise_inputs_start_silent_are_per_pixel_and_a_function_of_z(tmp_path):
+def test_noise_inputs_start_silent_are_per_pixel_and_a_function_of_z(options_run):
     """noise_inputs: the strengths start at zero (the same images as without them, same
     weights otherwise); with strengths set, each sample gets its own per-pixel noise, drawn
     from its z (the same z: the same image, in train and eval mode; another z: other noise);
@@ -455,7 +465,7 @@ def test_noise_inputs_start_silent_are_per_pixel_and_a_function_of_z(tmp_path):
     n_plain = sum(p.size for p in jax.tree.leaves(nnx.state(g_plain, nnx.Param)))
     n_noise = sum(p.size for p in jax.tree.leaves(nnx.state(g_noise, nnx.Param)))
     assert n_noise - n_plain == sum(TINY["g_channels"]) + 2
-    res, gen = train_tiny_gan(tmp_path, steps=4, channels=2, noise_inputs=True)
+    res, gen, _ = options_run
     assert res["steps_done"] == 4 and np.isfinite(res["g_loss"])
     assert gen.meta["noise_inputs"] is True
     strengths = np.asarray(gen.params["out_noise_strength"])
@@ -690,13 +700,13 @@ def test_feature_discriminator_trains_a_second_head_whose_gradient_reaches_g(opt
     head_grads = state["opt_d"][0].mu["feature_head"]  # Adam's moving mean of the head's gradients
     for layer in ("fc1", "fc2", "lin"):
         assert np.abs(np.asarray(head_grads[layer]["kernel"])).max() > 0, layer
-    assert sample_tiles(gen, 0, np.arange(3)).shape == (3, 16, 16, 1)
+    assert sample_tiles(gen, 0, np.arange(3)).shape == (3, 16, 16, 2)
 
     # the trained D: (pixel head, feature head) logits; G's gradient reaches the image through
     # the frozen network (the step's features_of); no features, no logits
     d = nnx.merge(graphdefs(cfg)[1], state["d"]["params"], state["d"]["sn"])
     features_of = S.frozen_features(feature_nets[0])
-    x, y = jax.random.uniform(jax.random.key(1), (4, 16, 16, 1), minval=-1.0, maxval=1.0), jnp.arange(4) % 3
+    x, y = jax.random.uniform(jax.random.key(1), (4, 16, 16, 2), minval=-1.0, maxval=1.0), jnp.arange(4) % 3
     logits, grad = jax.jit(
         lambda x: (
             d(x, y, update_sn=False, features=features_of(x)),
@@ -724,7 +734,7 @@ def test_feature_discriminator_needs_a_matching_feature_classifier(tmp_path, fea
     with pytest.raises(BioaugError, match="feature_discriminator.*no feature classifier"):
         run(["a", "b", "c"], None)
     with pytest.raises(BioaugError, match=r"classes \['a', 'b', 'c'\].*\['a', 'b', 'x'\]"):
-        run(["a", "b", "x"], feature_nets[0])
+        run(["a", "b", "x"], feature_nets[2])
     with pytest.raises(BioaugError, match="takes 2 channel"):
-        run(["a", "b", "c"], feature_nets[2])
+        run(["a", "b", "c"], feature_nets[0])  # 2 channels, the tiles 1
     assert not (tmp_path / "ck").exists()  # refused before any checkpoint
