@@ -387,7 +387,6 @@ def test_linear_output_is_the_same_network_without_its_tanh(tmp_path):
     output leaves [-1, 1], the exported generator samples within [0, 1] and remembers it."""
     from flax import nnx
 
-    from bioaug.gan import sample_tiles
     from bioaug.gan.networks import build_networks
 
     key = jax.random.key(0)
@@ -414,7 +413,6 @@ def test_tanh_scale_stretches_the_output_and_samples_stay_in_the_data_range(opti
     pass the data's -1 and 1; the exported generator remembers s and samples within [0, 1]."""
     from flax import nnx
 
-    from bioaug.gan import sample_tiles
     from bioaug.gan.networks import build_networks
 
     key = jax.random.key(0)
@@ -439,7 +437,6 @@ def test_noise_inputs_start_silent_are_per_pixel_and_a_function_of_z(options_run
     training moves the strengths, and the exported generator samples with them."""
     from flax import nnx
 
-    from bioaug.gan import sample_tiles
     from bioaug.gan.networks import build_networks
 
     key = jax.random.key(0)

@@ -2,8 +2,8 @@
 
 The loss kinds (hinge, non-saturating) of D and G, the LeCam regulariser with its moving
 averages, lazy R1 on the images D sees and the capped mode-seeking term of G, and the two
-objectives the train step differentiates (a D with a feature head gives two logits per
-image: every loss is a mean over both heads) (`d_value_and_grad`, `g_value_and_grad`). Those
+objectives the train step differentiates (`d_value_and_grad`, `g_value_and_grad`; a D with
+a feature head gives two logits per image, and every loss is a mean over both). Those
 take the networks as callables, `run_d(params, sn, x, y) -> (logits, sn')` and
 `run_g(params, batch_stats, z, y) -> (images, batch_stats')`, so this module needs no
 network code; a regulariser that is off is None (not traced), its strength otherwise a

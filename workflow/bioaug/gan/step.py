@@ -88,11 +88,12 @@ def cached_train_step(
     cfg: GanConfig, classes: tuple[int, ...], mesh: jax.sharding.Mesh | None = None, feature_net=None
 ):
     """`make_train_step` for cfg, shared (not recompiled) by configs of one `compile_key`
-    (a step with a `feature_net` is built anew: its weights are constants of the program)."""
-    if feature_net is not None:
-        g_def, d_def = graphdefs(compile_key(cfg))
-        return make_train_step(compile_key(cfg), g_def, d_def, np.asarray(classes), mesh, feature_net)
-    return _cached_train_step(compile_key(cfg), tuple(int(c) for c in classes), mesh)
+    (with gan.feature_discriminator it is built anew: `feature_net`'s weights are constants
+    of the program; without, `feature_net` is not used)."""
+    key = compile_key(cfg)
+    if cfg.feature_discriminator:
+        return make_train_step(key, *graphdefs(key), np.asarray(classes), mesh, feature_net)
+    return _cached_train_step(key, tuple(int(c) for c in classes), mesh)
 
 
 @functools.lru_cache(maxsize=8)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bioaug.classifier.init_weights import weight_state
 from bioaug.runtime import BioaugError, atomic_path, log_devices, progress
 
 from .config import GanConfig
@@ -36,7 +37,7 @@ from .input_pipeline import ArrayTiles, BatchLoader, as_tile_source
 from .noise_model import fit_from_source
 from .sample import make_eval_forward, recalibrate_batch_stats, write_generator
 from .state import RUN_META, data_fingerprint, init_train_state, restore_train_state, run_folder, run_identity
-from .step import N_METRICS, cached_train_step, mode_seeking_target, r1_due, step_hyperparams
+from .step import N_METRICS, cached_train_step, frozen_features, mode_seeking_target, r1_due, step_hyperparams
 
 CSV_HEADER = ("step", "d_loss", "g_loss", "d_real", "d_fake", "r1", "augment_p", "steps_per_s", "elapsed_s")
 GRID_PER_CLASS = 8
@@ -137,9 +138,7 @@ def train_gan(
         else:
             elapsed_offset = 0.0
 
-        step_fn = cached_train_step(
-            cfg, tuple(int(c) for c in classes), mesh, feature_net if cfg.feature_discriminator else None
-        )
+        step_fn = cached_train_step(cfg, tuple(int(c) for c in classes), mesh, feature_net)
         cap = mode_seeking_target(tiles, labels, cfg.seed) if cfg.mode_seeking_weight > 0 else math.inf
         if math.isfinite(cap):
             log.info(
@@ -349,16 +348,18 @@ def _with_feature_net(cfg: GanConfig, feature_net, class_names: list[str], data_
             f"gan.feature_discriminator: the feature classifier knows classes {list(feature_net.class_names)}, "
             f"the GAN's tiles have {class_names}"
         )
-    if feature_net.to_module().in_channels != cfg.channels:
+    module = feature_net.to_module()
+    if module.in_channels != cfg.channels:
         raise BioaugError(
-            f"gan.feature_discriminator: the feature classifier takes {feature_net.to_module().in_channels} "
+            f"gan.feature_discriminator: the feature classifier takes {module.in_channels} "
             f"channel(s), the GAN's tiles have {cfg.channels}"
         )
-    width = int(feature_net.features(np.zeros((1, cfg.tile_size, cfg.tile_size, cfg.channels), np.float32)).shape[1])
+    # the width of what the step's head sees, traced (not compiled, not run)
+    tile = jax.ShapeDtypeStruct((1, cfg.tile_size, cfg.tile_size, cfg.channels), jnp.float32)
+    width = int(jax.eval_shape(frozen_features(feature_net), tile).shape[1])
     digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(feature_net.state):
-        if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # weights, not RNG keys
-            digest.update(np.asarray(leaf).tobytes())
+    for leaf in jax.tree.leaves(weight_state(module)):  # what its model folder stores
+        digest.update(np.asarray(leaf).tobytes())
     log.info("feature discriminator on the feature classifier's %d features", width)
     return dataclasses.replace(cfg, feature_dim=width), f"{data_key}\nfeature_net:{digest.hexdigest()}"
 
