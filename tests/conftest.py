@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -13,6 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from parallel import (  # noqa: F401  (pytest hooks)
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_unconfigure,
+    pytest_xdist_make_scheduler,
+    starts_background_work,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -47,11 +55,19 @@ def imagej_missing() -> bool:
 APT_LOCK = Path(tempfile.gettempdir()) / "bioaug-apt.lock"  # apt-get runs one at a time (flock)
 
 
+def apt_lock() -> list[str]:
+    """A prefix that serialises apt-get with the other installs of the session (any worker)."""
+    return ["flock", str(APT_LOCK)] if shutil.which("flock") else []
+
+
 def collected_modules(session) -> set:
-    return {item.module for item in session.items if hasattr(item, "module")}
+    items = getattr(session, "items", ())  # none on pytest-xdist's controller
+    return {item.module for item in items if hasattr(item, "module")}
 
 
 def pytest_collection_finish(session):
+    if not starts_background_work():  # one xdist worker starts them (tests/parallel.py)
+        return
     # A test module with start_early() (test_slurm.py: the cluster) starts its slow set-up now.
     for module in collected_modules(session):
         if hasattr(module, "start_early"):
@@ -62,8 +78,7 @@ def pytest_collection_finish(session):
     setup = ["bash", str(REPO / "tests" / "readers" / "setup_venv.sh"), str(READERS_VENV), sys.executable]
     jobs = {"venv": (setup, {})}
     if imagej_missing() and os.geteuid() == 0 and shutil.which("apt-get"):
-        lock = ["flock", str(APT_LOCK)] if shutil.which("flock") else []
-        jobs["imagej"] = ([*lock, "bash", "-c", IMAGEJ_APT], {"DEBIAN_FRONTEND": "noninteractive"})
+        jobs["imagej"] = ([*apt_lock(), "bash", "-c", IMAGEJ_APT], {"DEBIAN_FRONTEND": "noninteractive"})
     for name, (cmd, env) in jobs.items():
         log = logs / f"{name}.log"
         with open(log, "w") as out:
@@ -178,25 +193,53 @@ def shared_dir() -> Path:
     return SHARED
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder of a session fixture, built once per test session by build(folder), also
+    across pytest-xdist's workers: the first to ask builds it under a lock, the others wait
+    for it and share it (read-only). A failed build fails the others the same way."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base folders sit side by side in the session's
+    folder, failed = root / name, root / f"{name}.failed"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if failed.exists():
+            pytest.fail(f"{name} failed to build in another worker:\n{failed.read_text()}")
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            try:
+                build(folder)
+            except BaseException as e:
+                failed.write_text(str(e)[-12000:])
+                raise
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """One full run of the pipeline on the tiny config, shared by the end-to-end tests."""
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    write_config(workdir, load_tiny_config())
-    run_snakemake(workdir)
-    return workdir
+
+    def build(workdir: Path) -> None:
+        write_config(workdir, load_tiny_config())
+        run_snakemake(workdir)
+
+    return built_once(tmp_path_factory, "tiny_run", build)
 
 
 @pytest.fixture(scope="session")
 def folds_run(tmp_path_factory) -> Path:
     """The tiny config with 2-fold cross-validation, 2 arms and 1 seed: the per-fold tests."""
-    workdir = tmp_path_factory.mktemp("folds_run")
-    config = load_tiny_config()
-    config["split"]["folds"] = 2
-    config["classifier"].update(arms=["real", "real+gan"], seeds=[0])
-    write_config(workdir, config)
-    run_snakemake(workdir)
-    return workdir
+
+    def build(workdir: Path) -> None:
+        config = load_tiny_config()
+        config["split"]["folds"] = 2
+        config["classifier"].update(arms=["real", "real+gan"], seeds=[0])
+        write_config(workdir, config)
+        run_snakemake(workdir)
+
+    return built_once(tmp_path_factory, "folds_run", build)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import tifffile
 from test_balance import build_balanced_folder
 
 from bioaug.formats import balanced
-from conftest import IMAGEJ_APT, READERS_VENV, REPO, imagej_missing, wait_for_background
+from conftest import IMAGEJ_APT, READERS_VENV, REPO, apt_lock, imagej_missing, wait_for_background
 
 pytestmark = pytest.mark.slow
 
@@ -203,7 +203,7 @@ def imagej_seen(folders, tmp_path_factory):
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
             pytest.skip("ImageJ is not installed and apt-get (as root) is not there to install it")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        apt = run(["bash", "-c", IMAGEJ_APT], timeout=1200, env=env)
+        apt = run([*apt_lock(), "bash", "-c", IMAGEJ_APT], timeout=1200, env=env)  # after another worker's
         apt_log += apt.stdout + apt.stderr
     if imagej_missing():
         pytest.skip(f"apt-get could not install imagej and xvfb:\n{apt_log[-3000:]}")

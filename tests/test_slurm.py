@@ -36,7 +36,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import APT_LOCK, REPO, SNAKEFILE, load_tiny_config, planned_jobs, write_config
+from conftest import REPO, SNAKEFILE, apt_lock, load_tiny_config, planned_jobs, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -101,11 +101,6 @@ def bring_up_cluster(then_start_pipeline: bool = False) -> ClusterStart:
         write_config(start.workdir, load_tiny_config())
         start.pipeline = start_snakemake(start.workdir, *cluster_args(start.cluster))
     return start
-
-
-def apt_lock() -> list[str]:
-    """A prefix that serialises apt-get with the other background installs of the session."""
-    return ["flock", str(APT_LOCK)] if shutil.which("flock") else []
 
 
 # Started when the session collects these tests (tests/conftest.py calls start_early): the
