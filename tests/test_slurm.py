@@ -36,7 +36,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, SNAKEFILE, apt_lock, load_tiny_config, planned_jobs, write_config
+from conftest import APT_LOCK, REPO, SNAKEFILE, load_tiny_config, planned_jobs, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -86,8 +86,9 @@ def bring_up_cluster(then_start_pipeline: bool = False) -> ClusterStart:
         if proc.returncode != 0:
             return ClusterStart(failure=f"could not install envs/requirements-slurm.txt:\n{proc.stderr[-3000:]}")
     env = {**os.environ, "SLURM_TEST_ACCOUNT": ACCOUNT, "SLURM_TEST_PARTITION": PARTITION}
+    env["SLURM_TEST_APT_LOCK"] = str(APT_LOCK)  # the script locks its apt-get only: no daemon inherits the lock
     t0 = time.perf_counter()
-    cmd = [*apt_lock(), "bash", str(CLUSTER_SH), "up"]
+    cmd = ["bash", str(CLUSTER_SH), "up"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
         output = f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"

@@ -11,7 +11,8 @@
 # works. One node, on 127.0.0.1, with all this machine's CPUs and ~85% of its memory.
 # `up` wipes the controller's StateSaveLocation before starting slurmctld (a clean queue,
 # job ids from 1); the accounting database is kept. Settings (environment):
-#   SLURM_TEST_ACCOUNT (bioaug), SLURM_TEST_PARTITION (debug), SLURM_TEST_CLUSTER (bioaug)
+#   SLURM_TEST_ACCOUNT (bioaug), SLURM_TEST_PARTITION (debug), SLURM_TEST_CLUSTER (bioaug),
+#   SLURM_TEST_APT_LOCK (a file to flock around apt-get, shared with other installers)
 # This rewrites /etc/slurm/slurm.conf and slurmdbd.conf: only for throwaway (CI) machines.
 set -euo pipefail
 
@@ -59,8 +60,16 @@ install_packages() {
     command -v apt-get >/dev/null || die "apt-get not found: cannot install ${missing[*]}"
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    # One apt-get at a time with the test session's other installs: a flock on
+    # $SLURM_TEST_APT_LOCK, held here only. (Held around the whole script it was inherited by
+    # munged, which keeps it open: every later apt-get of the session waited for the cluster's end.)
+    local lock=/dev/null
+    [[ -n ${SLURM_TEST_APT_LOCK:-} ]] && command -v flock >/dev/null && lock=$SLURM_TEST_APT_LOCK
+    (
+        flock 9
+        apt-get update -q >/dev/null
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    ) 9>"$lock"
 }
 
 write_config() {
