@@ -91,15 +91,18 @@ def apply_stats(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """Map low/high to 0/1 per channel (last axis), clipped, as float32; a flat channel maps
     to 0. `x` may be in the file's own pixel type, and a strided view.
 
-    One channel at a time with scalar low and scale: numpy broadcasting a per-channel vector
-    over an interleaved (..., C) array runs inner loops of length C, several times slower."""
+    One channel at a time with scalar low and scale, into a contiguous plane that is copied
+    into place once: numpy broadcasting a per-channel vector over an interleaved (..., C)
+    array runs inner loops of length C, and three passes over strided memory cost twice
+    the one strided copy (tests/benchmarks/bench_tiling.py)."""
     scale = np.where(high > low, high - low, 1.0).astype(np.float32)
     out = np.empty(x.shape, np.float32)
+    plane = np.empty(x.shape[:-1], np.float32)
     for k in range(x.shape[-1]):
-        o = out[..., k]
-        np.subtract(x[..., k], low[k], out=o, dtype=np.float32)
-        o /= scale[k]
-        np.clip(o, 0.0, 1.0, out=o)
+        np.subtract(x[..., k], low[k], out=plane, dtype=np.float32)
+        plane /= scale[k]
+        np.clip(plane, 0.0, 1.0, out=plane)
+        out[..., k] = plane
     return out
 
 
