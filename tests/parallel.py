@@ -66,14 +66,19 @@ def _tags(item) -> set[str]:
     return tags
 
 
+_MADE_PLAN: list[str] = []  # the plan folder this process made (a pytest run inside a test makes its own)
+
+
 def pytest_configure(config):
-    if worker() is None and config.getvalue("dist") == "loadgroup" and not os.environ.get(PLAN_ENV):
-        os.environ[PLAN_ENV] = tempfile.mkdtemp(prefix="bioaug-test-plan-")  # the workers inherit it
+    if worker() is None and config.getvalue("dist") == "loadgroup":
+        _MADE_PLAN.append(tempfile.mkdtemp(prefix="bioaug-test-plan-"))
+        os.environ[PLAN_ENV] = _MADE_PLAN[-1]  # the workers inherit it
 
 
 def pytest_unconfigure(config):
-    if worker() is None and os.environ.get(PLAN_ENV):
-        shutil.rmtree(os.environ.pop(PLAN_ENV), ignore_errors=True)
+    if _MADE_PLAN:
+        shutil.rmtree(_MADE_PLAN.pop(), ignore_errors=True)
+        os.environ.pop(PLAN_ENV, None)
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: the items that will run
