@@ -70,7 +70,7 @@ _MADE_PLAN: list[str] = []  # the plan folder this process made (a pytest run in
 
 
 def pytest_configure(config):
-    if worker() is None and config.getvalue("dist") == "loadgroup":
+    if worker() is None and config.getvalue("dist") == "loadgroup" and config.getvalue("numprocesses"):
         _MADE_PLAN.append(tempfile.mkdtemp(prefix="bioaug-test-plan-"))
         os.environ[PLAN_ENV] = _MADE_PLAN[-1]  # the workers inherit it
 

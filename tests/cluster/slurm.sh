@@ -63,13 +63,11 @@ install_packages() {
     # One apt-get at a time with the test session's other installs: a flock on
     # $SLURM_TEST_APT_LOCK, held here only. (Held around the whole script it was inherited by
     # munged, which keeps it open: every later apt-get of the session waited for the cluster's end.)
-    local lock=/dev/null
-    [[ -n ${SLURM_TEST_APT_LOCK:-} ]] && command -v flock >/dev/null && lock=$SLURM_TEST_APT_LOCK
     (
-        flock 9
+        if [[ -n ${SLURM_TEST_APT_LOCK:-} ]] && command -v flock >/dev/null; then flock 9; fi
         apt-get update -q >/dev/null
         apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-    ) 9>"$lock"
+    ) 9>>"${SLURM_TEST_APT_LOCK:-/dev/null}"
 }
 
 write_config() {
